@@ -1,0 +1,217 @@
+"""CRC-32C (Castagnoli) over a byte stream, ``width`` bytes per cycle.
+
+The CRC is linear over GF(2): after a beat of ``k`` bytes the register is ``A_k(s) ^ D_k(d)``,
+where ``s`` is the register before the beat and ``d`` the beat's data. The only loop in the
+design is ``s <- A_W(s) ^ D_W(d)``, and ``D_W(d)`` does not depend on ``s``, so it is computed a
+cycle ahead; the loop is then one XOR tree of at most 33 inputs per bit. The last beat of a
+message, which may hold 0 to ``width`` bytes, never enters the loop: its state is handed to a
+two-stage finishing pipeline that computes all ``width + 1`` candidate endings and picks one,
+while the loop register restarts for the next message in the very next cycle.
+
+Each GF(2) row is written as ``(x & mask).xor()`` with the mask held in a register that never
+changes (reset-less, fed back to itself). Verilator then computes every row with full-word
+AND and parity instructions instead of one operation per bit, which runs several times faster;
+Yosys sees a flip-flop whose input is its own output and folds it into a constant, so the
+synthesised logic is the same as with a constant mask.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import fifo, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..stream import WIDTHS, byte_stream
+
+__all__ = ["Crc32cKernel", "POLY", "crc32c_ref", "crc_matrices"]
+
+#: CRC-32C polynomial, bit-reversed (the form that processes the least significant bit first).
+POLY = 0x82F63B78
+INIT = 0xFFFFFFFF
+XOROUT = 0xFFFFFFFF
+
+
+def _update(state: int, data: bytes) -> int:
+    for byte in data:
+        state ^= byte
+        for _ in range(8):
+            state = (state >> 1) ^ (POLY if state & 1 else 0)
+    return state
+
+
+def crc32c_ref(data: bytes) -> int:
+    """Bit-serial CRC-32C, the plain definition the gateware's matrices are derived from."""
+    return _update(INIT, bytes(data)) ^ XOROUT
+
+
+def crc_matrices(nbytes: int) -> tuple[list[int], list[int]]:
+    """Rows of ``A`` (over the 32 state bits) and ``D`` (over ``8 * nbytes`` data bits).
+
+    Bit ``i`` of row ``o`` says whether input bit ``i`` contributes to output bit ``o``. Data
+    bit ``8 * j + b`` is bit ``b`` of the ``j``-th byte of the beat.
+    """
+    zeros = bytes(nbytes)
+    a_cols = [_update(1 << i, zeros) for i in range(32)]
+    d_cols = [_update(0, (1 << i).to_bytes(nbytes, "little")) for i in range(8 * nbytes)]
+
+    def rows(cols):
+        return [sum(((col >> o) & 1) << i for i, col in enumerate(cols)) for o in range(32)]
+
+    return rows(a_cols), rows(d_cols)
+
+
+def _gf2_apply(m: Module, x, rows: list[int], name: str):
+    """``M x`` over GF(2), each row as a parity of ``x`` under a constant-valued mask register."""
+    if len(x) == 0:
+        return Const(0, 32)
+    bits = []
+    for o, row in enumerate(rows):
+        mask = Signal(len(x), init=row, reset_less=True, name=f"{name}_mask{o}")
+        m.d.sync += mask.eq(mask)
+        bits.append((x & mask).xor())
+    return Cat(*bits)
+
+
+class Crc32cKernel(wiring.Component):
+    """CRC-32C of each message on ``i_stream``, as one response on ``o_stream``.
+
+    The response is the four CRC bytes, least significant first: four beats when ``width`` is
+    1, two when it is 2, and one beat of ``nbytes == 4`` when it is 4 or 8. A last beat whose
+    ``nbytes`` is greater than ``width`` is malformed: the response still comes, with ``error``
+    set, its CRC taken as though the beat were full.
+
+    Input is accepted every cycle (one beat per cycle, no gap between messages) while the
+    response queue has room; it fills only when responses are not taken, or when messages are
+    shorter than their responses.
+
+    Parameters
+    ----------
+    width : int
+        Bytes per beat, one of 1, 2, 4, 8.
+
+    Members
+    -------
+    i_stream : ``In(byte_stream(width))``
+        Messages.
+    o_stream : ``Out(byte_stream(width))``
+        One CRC per message.
+    """
+
+    #: Cycles from a last beat being accepted to its result entering the response queue.
+    LATENCY = 5
+    #: Response queue depth, in results.
+    QUEUE_DEPTH = 16
+
+    def __init__(self, width: int = 4):
+        if not isinstance(width, int) or isinstance(width, bool):
+            raise TypeError(f"Crc32cKernel width must be an integer, not {width!r}")
+        if width not in WIDTHS:
+            raise ValueError(f"Crc32cKernel width must be one of {WIDTHS} bytes, not {width!r}")
+        self.width = width
+        super().__init__({
+            "i_stream": In(byte_stream(width)),
+            "o_stream": Out(byte_stream(width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w = self.width
+
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=33, depth=self.QUEUE_DEPTH)
+
+        # A beat is accepted only when the queue has room for its result and for every result
+        # already in the pipeline, so the pipeline itself never stalls.
+        in_flight = self.LATENCY + 1
+        m.d.comb += self.i_stream.ready.eq(queue.w_level <= self.QUEUE_DEPTH - in_flight)
+        accept = self.i_stream.valid & self.i_stream.ready
+
+        # Stage 0: register the input.
+        v0, l0 = Signal(), Signal()
+        d0 = Signal(8 * w)
+        n0 = Signal(len(self.i_stream.payload.nbytes))
+        m.d.sync += v0.eq(accept)
+        with m.If(accept):
+            m.d.sync += [
+                d0.eq(self.i_stream.payload.data),
+                n0.eq(self.i_stream.payload.nbytes),
+                l0.eq(self.i_stream.payload.last),
+            ]
+
+        a_full, d_full = crc_matrices(w)
+
+        # Stage 1: the data's contribution to a full beat, ahead of the loop.
+        v1, l1 = Signal(), Signal()
+        d1, dd1 = Signal(8 * w), Signal(32)
+        n1 = Signal.like(n0)
+        m.d.sync += [
+            v1.eq(v0), l1.eq(l0), d1.eq(d0), n1.eq(n0),
+            dd1.eq(_gf2_apply(m, d0, d_full, "dfull")),
+        ]
+
+        # Stage 2: the loop. A last beat hands the state to the finishing stages instead.
+        state = Signal(32, init=INIT)
+        v2 = Signal()
+        s2, d2 = Signal(32), Signal(8 * w)
+        n2 = Signal.like(n0)
+        m.d.sync += v2.eq(v1 & l1)
+        with m.If(v1):
+            with m.If(l1):
+                m.d.sync += [state.eq(INIT), s2.eq(state), d2.eq(d1), n2.eq(n1)]
+            with m.Else():
+                m.d.sync += state.eq(_gf2_apply(m, state, a_full, "loop") ^ dd1)
+
+        # Stage 3: every possible ending, 0 to w bytes, in its two halves.
+        v3, err3 = Signal(), Signal()
+        n3 = Signal.like(n0)
+        s_parts = [Signal(32, name=f"s3_{k}") for k in range(w + 1)]
+        d_parts = [Signal(32, name=f"d3_{k}") for k in range(w + 1)]
+        m.d.sync += [v3.eq(v2), n3.eq(n2), err3.eq(n2 > w)]
+        for k in range(w + 1):
+            a_k, d_k = crc_matrices(k)
+            m.d.sync += [
+                s_parts[k].eq(_gf2_apply(m, s2, a_k, f"fin{k}a") if k else s2),
+                d_parts[k].eq(_gf2_apply(m, d2[:8 * k], d_k, f"fin{k}d")),
+            ]
+
+        # Stage 4: pick the ending the beat had (a malformed count is taken as a full beat).
+        v4, err4 = Signal(), Signal()
+        crc4 = Signal(32)
+        m.d.sync += [v4.eq(v3), err4.eq(err3)]
+        with m.Switch(n3):
+            for k in range(w):
+                with m.Case(k):
+                    m.d.sync += crc4.eq(s_parts[k] ^ d_parts[k] ^ XOROUT)
+            with m.Default():
+                m.d.sync += crc4.eq(s_parts[w] ^ d_parts[w] ^ XOROUT)
+
+        m.d.comb += [
+            queue.w_en.eq(v4),
+            queue.w_data.eq(Cat(crc4, err4)),
+        ]
+
+        # Response: the CRC's four bytes, least significant first, over 4 // w beats.
+        crc_out, err_out = queue.r_data[:32], queue.r_data[32]
+        beats = max(1, 4 // w)
+        o = self.o_stream
+        m.d.comb += o.valid.eq(queue.r_rdy)
+        if beats == 1:
+            m.d.comb += [
+                o.payload.data.eq(crc_out),
+                o.payload.nbytes.eq(4),
+                o.payload.last.eq(1),
+                o.payload.error.eq(err_out),
+                queue.r_en.eq(o.ready),
+            ]
+        else:
+            index = Signal(range(beats))
+            is_last = index == beats - 1
+            m.d.comb += [
+                o.payload.data.eq(crc_out.word_select(index, 8 * w)),
+                o.payload.nbytes.eq(w),
+                o.payload.last.eq(is_last),
+                o.payload.error.eq(err_out & is_last),
+                queue.r_en.eq(o.ready & is_last),
+            ]
+            with m.If(o.valid & o.ready):
+                m.d.sync += index.eq(Mux(is_last, 0, index + 1))
+
+        return m
+
