@@ -1,0 +1,178 @@
+"""``Device``: one method per kernel, the same result wherever the call runs.
+
+A device has a *backend* that runs kernels in gateware (a board or a virtual board behind the
+link) or none at all (``"cpu"``). A call goes to the backend when the backend has the kernel;
+otherwise, or when the backend fails, the fallback policy decides: ``"auto"`` runs the CPU path,
+counts it and logs the cause once; ``"never"`` raises :class:`DeviceError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Protocol
+
+from . import kernels
+from .errors import DeviceError, OffloadError
+from .kernels import KernelSpec
+
+__all__ = ["Device", "Backend", "FALLBACK_POLICIES"]
+
+log = logging.getLogger("offload")
+
+FALLBACK_POLICIES = ("auto", "never")
+
+
+class Backend(Protocol):
+    """What runs kernels in gateware. Implemented by the link driver."""
+
+    #: Names of the kernels the gateware has.
+    kernels: frozenset[str]
+
+    def run(self, spec: KernelSpec, request: bytes) -> bytes:
+        """Send one request message to kernel ``spec`` and return its response message.
+
+        Raises :class:`DeviceError` if the call could not be completed.
+        """
+
+    def counters(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class Device:
+    """A place to run kernels. Made by :func:`offload.open`.
+
+    Every kernel in :data:`offload.kernels.KERNELS` is a method of the device, for example
+    ``device.crc32c(data)``.
+    """
+
+    def __init__(self, spec: str, backend: Backend | None = None, *, fallback: str = "auto"):
+        if fallback not in FALLBACK_POLICIES:
+            raise ValueError(
+                f"fallback must be one of {', '.join(map(repr, FALLBACK_POLICIES))}, "
+                f"not {fallback!r}"
+            )
+        self.spec = spec
+        self.fallback = fallback
+        self._backend = backend
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._logged: set[tuple[str, str]] = set()
+        self._closed = False
+
+    # -- what it has -------------------------------------------------------------------------
+
+    @property
+    def gateware_kernels(self) -> frozenset[str]:
+        """Kernels this device runs in gateware (empty on the CPU device)."""
+        return self._backend.kernels if self._backend is not None else frozenset()
+
+    @property
+    def backend(self) -> Backend | None:
+        return self._backend
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run kernel ``name`` on ``args``; ``device.<name>(...)`` is the same call."""
+        spec = kernels.get(name)
+        request = spec.encode(*args, **kwargs)  # checks the arguments before anything runs
+        if self._closed:
+            raise DeviceError(f"device {self.spec!r} is closed")
+        if self._backend is None:
+            self._counts[(name, "cpu")] += 1
+            return spec.cpu(*args, **kwargs)
+        if name not in self._backend.kernels:
+            return self._fall_back(spec, args, kwargs, "the device has no such kernel")
+        try:
+            response = self._backend.run(spec, request)
+        except DeviceError as exc:
+            return self._fall_back(spec, args, kwargs, str(exc), exc)
+        self._counts[(name, "gateware")] += 1
+        return spec.decode(response)
+
+    def _fall_back(self, spec: KernelSpec, args, kwargs, cause: str,
+                   exc: Exception | None = None) -> Any:
+        if self.fallback == "never":
+            raise DeviceError(
+                f"{spec.name} could not run on device {self.spec!r}: {cause} "
+                "(open the device with fallback='auto' to run it on the CPU instead)"
+            ) from exc
+        key = (spec.name, cause)
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning("%s on %s runs on the CPU: %s", spec.name, self.spec, cause)
+        self._counts[(spec.name, "fallback")] += 1
+        return spec.cpu(*args, **kwargs)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """What ran where: per kernel, calls in gateware, on the CPU by choice, and fallbacks.
+
+        On a linked device the link's own figures (retries, timeouts, ...) are under ``link``.
+        """
+        per_kernel = {}
+        for spec in kernels.KERNELS:
+            row = {where: self._counts[(spec.name, where)]
+                   for where in ("gateware", "cpu", "fallback")}
+            if any(row.values()):
+                per_kernel[spec.name] = row
+        result: dict[str, Any] = {
+            "device": self.spec,
+            "fallback_policy": self.fallback,
+            "kernels": per_kernel,
+            "fallbacks": sum(row["fallback"] for row in per_kernel.values()),
+        }
+        if self._backend is not None:
+            result["link"] = self._backend.counters()
+        return result
+
+    def close(self) -> None:
+        """Release the device (and stop a virtual board this device started)."""
+        if not self._closed:
+            self._closed = True
+            if self._backend is not None:
+                self._backend.close()
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = ", ".join(sorted(self.gateware_kernels)) or "none"
+        return f"<Device {self.spec!r} gateware kernels: {where}; fallback={self.fallback!r}>"
+
+
+def _kernel_method(spec: KernelSpec):
+    def method(self: Device, *args: Any, **kwargs: Any) -> Any:
+        return self.call(spec.name, *args, **kwargs)
+
+    method.__name__ = spec.name
+    method.__qualname__ = f"Device.{spec.name}"
+    method.__doc__ = f"{spec.summary}.\n\nSee :func:`offload.kernels.{spec.name}.cpu`."
+    return method
+
+
+for _spec in kernels.KERNELS:
+    setattr(Device, _spec.name, _kernel_method(_spec))
+
+
+def open_device(spec: str = "cpu", *, fallback: str = "auto") -> Device:
+    """Open a device. See :func:`offload.open`."""
+    if not isinstance(spec, str):
+        raise TypeError(f"device spec must be a string such as 'cpu' or 'sim', not {spec!r}")
+    if fallback not in FALLBACK_POLICIES:
+        raise ValueError(
+            f"fallback must be one of {', '.join(map(repr, FALLBACK_POLICIES))}, not {fallback!r}"
+        )
+    if spec == "cpu":
+        return Device("cpu", None, fallback=fallback)
+    raise DeviceError(
+        f"unknown device {spec!r}: this version of offload opens 'cpu' only"
+    )
+
+
+__all__ += ["open_device", "OffloadError"]
