@@ -7,11 +7,14 @@ Frames are COBS-encoded and each ends with one 0x00 byte. A decoded frame is::
     0       1     link version (LINK_VERSION)
     1       1     kernel id (0 is the system kernel)
     2       1     request: opcode; response: status
-    3       1     flags (request: FLAG_MORE; response: 0)
+    3       1     flags (request: FLAG_MORE; response: FLAG_RESPONSE)
     4       2     sequence number, little-endian
     6       2     payload length, little-endian
     8       n     payload
     8+n     4     CRC-32C of bytes 0 .. 8+n-1, little-endian
+
+Every response has FLAG_RESPONSE set, so that a line that echoes (a loopback, a terminal
+program left in echo mode) is never taken for a device answering.
 
 Rules the device keeps:
 
@@ -46,7 +49,7 @@ System kernel opcodes:
 """
 
 __all__ = [
-    "LINK_VERSION", "HEADER_SIZE", "CRC_SIZE", "FLAG_MORE", "REPLAY_WINDOW",
+    "LINK_VERSION", "HEADER_SIZE", "CRC_SIZE", "FLAG_MORE", "FLAG_RESPONSE", "REPLAY_WINDOW",
     "MAX_PAYLOAD", "MAX_RESPONSE", "SYSTEM_KERNEL_ID",
     "OP_CALL", "OP_MANIFEST", "OP_COUNTERS",
     "STATUS_OK", "STATUS_BAD_FRAME", "STATUS_UNKNOWN_KERNEL", "STATUS_KERNEL_ERROR",
@@ -58,6 +61,7 @@ LINK_VERSION = 1
 HEADER_SIZE = 8
 CRC_SIZE = 4
 FLAG_MORE = 0x01
+FLAG_RESPONSE = 0x80
 
 #: Responses the device keeps for replay; the host keeps at most this many frames in flight.
 REPLAY_WINDOW = 8

@@ -1,0 +1,83 @@
+"""Frames of the offload link (see ``hdl/link/protocol.py``): build, check, split a byte stream."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import google_crc32c
+from cobs import cobs
+
+from hdl.link import protocol as p
+
+__all__ = ["Frame", "FrameError", "encode_frame", "decode_frame", "FrameSplitter", "wire_size"]
+
+_HEADER = struct.Struct("<BBBBHH")
+assert _HEADER.size == p.HEADER_SIZE
+
+
+class FrameError(ValueError):
+    """A received frame that is not a well-formed, intact frame."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame. ``op`` is the opcode of a request and the status of a response."""
+
+    kernel: int
+    op: int
+    seq: int
+    payload: bytes = b""
+    flags: int = 0
+    version: int = p.LINK_VERSION
+
+    @property
+    def status_name(self) -> str:
+        return p.STATUS_NAMES.get(self.op, f"status {self.op}")
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """The bytes on the wire for ``frame``: COBS of header, payload and CRC, then 0x00."""
+    body = _HEADER.pack(frame.version, frame.kernel, frame.op, frame.flags,
+                        frame.seq & 0xFFFF, len(frame.payload)) + frame.payload
+    body += google_crc32c.value(body).to_bytes(4, "little")
+    return cobs.encode(body) + b"\x00"
+
+
+def decode_frame(encoded: bytes) -> Frame:
+    """Decode one frame's COBS bytes (without the 0x00 delimiter) and check it."""
+    try:
+        body = cobs.decode(encoded)
+    except cobs.DecodeError as exc:
+        raise FrameError(f"bad COBS encoding: {exc}") from exc
+    if len(body) < p.HEADER_SIZE + p.CRC_SIZE:
+        raise FrameError(f"frame of {len(body)} bytes is shorter than a header and a CRC")
+    if google_crc32c.value(body[:-4]) != int.from_bytes(body[-4:], "little"):
+        raise FrameError("bad CRC")
+    version, kernel, op, flags, seq, length = _HEADER.unpack_from(body)
+    payload = body[p.HEADER_SIZE:-4]
+    if length != len(payload):
+        raise FrameError(f"length field says {length} bytes, frame carries {len(payload)}")
+    return Frame(kernel, op, seq, payload, flags, version)
+
+
+def wire_size(payload_len: int) -> int:
+    """Bytes on the wire for a frame with ``payload_len`` bytes of payload (worst-case COBS)."""
+    body = p.HEADER_SIZE + payload_len + p.CRC_SIZE
+    return body + (body + 253) // 254 + 1
+
+
+class FrameSplitter:
+    """Cuts a received byte stream into frames at each 0x00."""
+
+    def __init__(self):
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete encoded frames (delimiter removed) that ``data`` finishes."""
+        if not data:
+            return []
+        self._partial += data
+        *frames, rest = self._partial.split(b"\x00")
+        self._partial = bytearray(rest)
+        return [bytes(f) for f in frames if f]
