@@ -15,13 +15,14 @@ Yosys sees a flip-flop whose input is its own output and folds it into a constan
 synthesised logic is the same as with a constant mask.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import fifo, wiring
+from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..queue import RegisterQueue, count_up_down
 from ..stream import WIDTHS, byte_stream
 
-__all__ = ["Crc32cKernel", "POLY", "crc32c_ref", "crc_matrices"]
+__all__ = ["Crc32cKernel", "POLY", "INIT", "XOROUT", "crc32c_ref", "crc_matrices"]
 
 #: CRC-32C polynomial, bit-reversed (the form that processes the least significant bit first).
 POLY = 0x82F63B78
@@ -79,8 +80,8 @@ class Crc32cKernel(wiring.Component):
     set, its CRC taken as though the beat were full.
 
     Input is accepted every cycle (one beat per cycle, no gap between messages) while the
-    response queue has room; it fills only when responses are not taken, or when messages are
-    shorter than their responses.
+    response queue has room for every message begun; it fills only when responses are not
+    taken, or when messages are shorter than their responses.
 
     Parameters
     ----------
@@ -97,8 +98,6 @@ class Crc32cKernel(wiring.Component):
 
     #: Cycles from a last beat being accepted to its result entering the response queue.
     LATENCY = 5
-    #: Response queue depth, in results.
-    QUEUE_DEPTH = 16
 
     def __init__(self, width: int = 4):
         if not isinstance(width, int) or isinstance(width, bool):
@@ -106,6 +105,10 @@ class Crc32cKernel(wiring.Component):
         if width not in WIDTHS:
             raise ValueError(f"Crc32cKernel width must be one of {WIDTHS} bytes, not {width!r}")
         self.width = width
+        # Results queued: enough for one-beat messages back to back, whose slot comes back
+        # LATENCY + 2 cycles after their beat was taken. Below four bytes a beat, a result's
+        # several output beats are the limit anyway, and a smaller queue is faster on an iCE40.
+        self.queue_depth = self.LATENCY + 3 if width >= 4 else 4
         super().__init__({
             "i_stream": In(byte_stream(width)),
             "o_stream": Out(byte_stream(width)),
@@ -115,18 +118,28 @@ class Crc32cKernel(wiring.Component):
         m = Module()
         w = self.width
 
-        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=33, depth=self.QUEUE_DEPTH)
+        depth = self.queue_depth
+        m.submodules.queue = queue = RegisterQueue(33, depth)
 
-        # A beat is accepted only when the queue has room for its result and for every result
-        # already in the pipeline, so the pipeline itself never stalls.
-        in_flight = self.LATENCY + 1
-        m.d.comb += self.i_stream.ready.eq(queue.w_level <= self.QUEUE_DEPTH - in_flight)
+        # Credits: one per queue slot, taken when a message's last beat is accepted and given
+        # back when its result leaves the queue, so the pipeline never stalls and the queue
+        # never overflows. Ready is a flip-flop: deriving it from the queue's level instead
+        # put the level's adder and a comparator in front of every input register, and that
+        # was the slowest path of the design on the iCE40.
+        credits = Signal(range(depth + 1), init=depth)
         accept = self.i_stream.valid & self.i_stream.ready
+        taken = accept & self.i_stream.payload.last
+        given = Signal()  # a result leaves the queue
+        m.d.comb += self.i_stream.ready.eq(count_up_down(m, credits, given, taken))
 
         # Stage 0: register the input.
-        v0, l0 = Signal(), Signal()
-        d0 = Signal(8 * w)
-        n0 = Signal(len(self.i_stream.payload.nbytes))
+        # Only the valid bits, the loop state and the flow control are reset. Data registers
+        # are not: a reset on them costs an enable term on every one of them on the iCE40,
+        # whose flip-flops apply a synchronous reset only when enabled.
+        v0 = Signal()
+        l0 = Signal(reset_less=True)
+        d0 = Signal(8 * w, reset_less=True)
+        n0 = Signal(len(self.i_stream.payload.nbytes), reset_less=True)
         m.d.sync += v0.eq(accept)
         with m.If(accept):
             m.d.sync += [
@@ -138,9 +151,9 @@ class Crc32cKernel(wiring.Component):
         a_full, d_full = crc_matrices(w)
 
         # Stage 1: the data's contribution to a full beat, ahead of the loop.
-        v1, l1 = Signal(), Signal()
-        d1, dd1 = Signal(8 * w), Signal(32)
-        n1 = Signal.like(n0)
+        v1, l1 = Signal(), Signal(reset_less=True)
+        d1, dd1 = Signal(8 * w, reset_less=True), Signal(32, reset_less=True)
+        n1 = Signal.like(n0, reset_less=True)
         m.d.sync += [
             v1.eq(v0), l1.eq(l0), d1.eq(d0), n1.eq(n0),
             dd1.eq(_gf2_apply(m, d0, d_full, "dfull")),
@@ -149,8 +162,8 @@ class Crc32cKernel(wiring.Component):
         # Stage 2: the loop. A last beat hands the state to the finishing stages instead.
         state = Signal(32, init=INIT)
         v2 = Signal()
-        s2, d2 = Signal(32), Signal(8 * w)
-        n2 = Signal.like(n0)
+        s2, d2 = Signal(32, reset_less=True), Signal(8 * w, reset_less=True)
+        n2 = Signal.like(n0, reset_less=True)
         m.d.sync += v2.eq(v1 & l1)
         with m.If(v1):
             with m.If(l1):
@@ -159,10 +172,10 @@ class Crc32cKernel(wiring.Component):
                 m.d.sync += state.eq(_gf2_apply(m, state, a_full, "loop") ^ dd1)
 
         # Stage 3: every possible ending, 0 to w bytes, in its two halves.
-        v3, err3 = Signal(), Signal()
-        n3 = Signal.like(n0)
-        s_parts = [Signal(32, name=f"s3_{k}") for k in range(w + 1)]
-        d_parts = [Signal(32, name=f"d3_{k}") for k in range(w + 1)]
+        v3, err3 = Signal(), Signal(reset_less=True)
+        n3 = Signal.like(n0, reset_less=True)
+        s_parts = [Signal(32, name=f"s3_{k}", reset_less=True) for k in range(w + 1)]
+        d_parts = [Signal(32, name=f"d3_{k}", reset_less=True) for k in range(w + 1)]
         m.d.sync += [v3.eq(v2), n3.eq(n2), err3.eq(n2 > w)]
         for k in range(w + 1):
             a_k, d_k = crc_matrices(k)
@@ -172,8 +185,8 @@ class Crc32cKernel(wiring.Component):
             ]
 
         # Stage 4: pick the ending the beat had (a malformed count is taken as a full beat).
-        v4, err4 = Signal(), Signal()
-        crc4 = Signal(32)
+        v4, err4 = Signal(), Signal(reset_less=True)
+        crc4 = Signal(32, reset_less=True)
         m.d.sync += [v4.eq(v3), err4.eq(err3)]
         with m.Switch(n3):
             for k in range(w):
@@ -187,31 +200,45 @@ class Crc32cKernel(wiring.Component):
             queue.w_data.eq(Cat(crc4, err4)),
         ]
 
-        # Response: the CRC's four bytes, least significant first, over 4 // w beats.
-        crc_out, err_out = queue.r_data[:32], queue.r_data[32]
+        # Response: the CRC's four bytes, least significant first, over 4 // w beats, from a
+        # shift register loaded from the queue. The register keeps the queue's read logic
+        # off the output, whose beat count would otherwise sit in front of the queue's pointers.
         beats = max(1, 4 // w)
         o = self.o_stream
-        m.d.comb += o.valid.eq(queue.r_rdy)
+        s_valid = Signal()
+        s_last, s_error = Signal(reset_less=True), Signal(reset_less=True)
+        s_data = Signal(32, reset_less=True)
+        s_left = Signal(range(beats), reset_less=True)
         if beats == 1:
-            m.d.comb += [
-                o.payload.data.eq(crc_out),
-                o.payload.nbytes.eq(4),
-                o.payload.last.eq(1),
-                o.payload.error.eq(err_out),
-                queue.r_en.eq(o.ready),
-            ]
+            load = queue.r_rdy & (~s_valid | o.ready)
         else:
-            index = Signal(range(beats))
-            is_last = index == beats - 1
-            m.d.comb += [
-                o.payload.data.eq(crc_out.word_select(index, 8 * w)),
-                o.payload.nbytes.eq(w),
-                o.payload.last.eq(is_last),
-                o.payload.error.eq(err_out & is_last),
-                queue.r_en.eq(o.ready & is_last),
+            # Several beats a result: the register loads only once empty, which costs one idle
+            # output cycle per result but keeps ``o.ready`` out of the load decision, and so
+            # the enable of every shift-register bit one LUT from flip-flops (on an iCE40 the
+            # eager form was the slowest path). Only a stream of messages shorter than their
+            # responses, whose output is the bottleneck anyway, sees the gap.
+            load = queue.r_rdy & ~s_valid
+        m.d.comb += [
+            queue.r_en.eq(load),
+            given.eq(load),
+            o.valid.eq(s_valid),
+            o.payload.data.eq(s_data[:8 * w] if w < 4 else s_data),
+            o.payload.nbytes.eq(min(w, 4)),
+            o.payload.last.eq(s_last),
+            o.payload.error.eq(s_error & s_last),
+        ]
+        with m.If(load):
+            m.d.sync += [
+                s_valid.eq(1), s_data.eq(queue.r_data[:32]), s_error.eq(queue.r_data[32]),
+                s_last.eq(beats == 1), s_left.eq(beats - 1),
             ]
-            with m.If(o.valid & o.ready):
-                m.d.sync += index.eq(Mux(is_last, 0, index + 1))
+        with m.Elif(o.valid & o.ready):
+            with m.If(s_last):
+                m.d.sync += s_valid.eq(0)
+            with m.Else():
+                m.d.sync += [
+                    s_data.eq(s_data >> (8 * w)), s_left.eq(s_left - 1), s_last.eq(s_left == 1),
+                ]
 
         return m
 

@@ -33,6 +33,12 @@ Rules the device keeps:
 * A request with FLAG_MORE carries part of a kernel message: its payload is passed to the kernel
   without ending the message, and its response is an empty STATUS_OK. The response to the frame
   that ends the message carries the kernel's response.
+* Every good frame to a kernel other than 0 is sequenced, whatever its status: an error
+  response uses up its sequence number and is kept for replay like any other, so a host with
+  frames in flight does not see every frame after an error answered OUT_OF_SEQUENCE.
+* A kernel whose response would exceed the device's max_response is answered STATUS_TOO_LONG
+  with an empty payload (the kernel has run). A kernel that makes no progress for the link's
+  timeout is answered STATUS_KERNEL_ERROR with an empty payload.
 * Errors that a good frame can earn: STATUS_BAD_FRAME (wrong version or a length field that
   disagrees with the frame), STATUS_UNKNOWN_KERNEL, STATUS_BAD_OPCODE, STATUS_TOO_LONG (payload
   over the device's max_payload; the frame is still checked and answered) and

@@ -1,0 +1,792 @@
+"""The gateware end of the link: frames in, kernel calls, frames out.
+
+The bridge is three stages that run concurrently, joined by registers, so that a byte can
+arrive every cycle while the previous request executes and the one before it is answered:
+
+receive
+    COBS-decodes the link bytes, checks each frame's CRC-32C on the fly, captures the header
+    into registers and writes the payload into one of two frame buffers. A good frame is handed
+    to the executor; a bad or short one is dropped (and counted) without touching the other
+    buffer. Input stalls only while both buffers hold frames the executor has not yet read.
+execute
+    applies the rules of :mod:`hdl.link.protocol` to one frame at a time: answers system
+    requests, replays kept responses, refuses frames out of sequence, and runs a kernel call by
+    feeding the frame's payload to the kernel while collecting its response into the replay
+    slot of the frame's sequence number. It frees the frame buffer as soon as the payload has
+    been read.
+send
+    builds each response frame (header, payload from a replay slot, the manifest ROM, the
+    counters or a register, CRC-32C) one byte per cycle and COBS-encodes it.
+
+Kernel traffic is a byte per cycle, packed into and unpacked from each kernel's beats of
+``width`` bytes. Everything the bridge drives into a kernel comes from its own flip-flops, and
+what it takes back from a kernel only enters a few levels of logic before a flip-flop, so the
+bridge does not lengthen a kernel's critical path.
+
+Choices where :mod:`hdl.link.protocol` leaves room:
+
+* Every good frame to a kernel other than the system kernel is sequenced, whatever its status:
+  a frame with the expected number consumes it, and its response (``STATUS_BAD_FRAME``,
+  ``STATUS_UNKNOWN_KERNEL``, ... included) is kept for replay.
+* A kernel response longer than ``max_response`` is answered with ``STATUS_TOO_LONG`` and an
+  empty payload (the kernel has run; the rest of its response is taken and dropped).
+* A kernel that makes no progress (takes no beat and gives none) for ``timeout_cycles`` while
+  the bridge waits on it earns ``STATUS_KERNEL_ERROR`` with an empty payload; anything it gives
+  afterwards, once its message is over, is taken and dropped.
+* A kernel's response is collected only while the frame that ends its message runs. A kernel
+  that starts its response before its message ends must hold it until then; with a message
+  spread over several frames, a kernel that instead stops taking input would be timed out.
+* ``frames_in`` counts frames that passed the CRC check (each gets exactly one response);
+  ``bad_crc`` counts frames dropped for a wrong CRC, a size under a header and a CRC, or a
+  broken COBS encoding. An empty frame (two delimiters in a row) is ignored, not counted.
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
+
+from ..kernels.crc32c import INIT, XOROUT, crc32c_ref, crc_matrices
+from ..stream import WIDTHS, byte_stream
+from .cobs import CobsDecoder, CobsEncoder
+from .protocol import (
+    CRC_SIZE,
+    FLAG_MORE,
+    HEADER_SIZE,
+    KERNEL_COUNTERS,
+    LINK_COUNTERS,
+    LINK_VERSION,
+    MAX_PAYLOAD,
+    MAX_RESPONSE,
+    OP_CALL,
+    OP_COUNTERS,
+    OP_MANIFEST,
+    REPLAY_WINDOW,
+    STATUS_BAD_FRAME,
+    STATUS_BAD_OPCODE,
+    STATUS_KERNEL_ERROR,
+    STATUS_NAMES,
+    STATUS_OK,
+    STATUS_OUT_OF_SEQUENCE,
+    STATUS_TOO_LONG,
+    STATUS_UNKNOWN_KERNEL,
+    SYSTEM_KERNEL_ID,
+)
+
+__all__ = ["LinkBridge", "CRC_RESIDUE"]
+
+#: The CRC-32C register (before the final inversion) after a frame and its own CRC, least
+#: significant byte first, have gone through it: the same for every frame, so the receiver
+#: checks a frame without knowing where its CRC starts.
+CRC_RESIDUE = crc32c_ref(bytes(CRC_SIZE)) ^ XOROUT
+
+_BYTE_ROWS = crc_matrices(1)
+_STATUS_BITS = max(STATUS_NAMES).bit_length()
+
+
+def _crc_step(state, byte):
+    """The CRC-32C register after ``byte`` has gone through it: one XOR tree per bit."""
+    a_rows, d_rows = _BYTE_ROWS
+    bits = []
+    for o in range(32):
+        terms = [state[i] for i in range(32) if (a_rows[o] >> i) & 1]
+        terms += [byte[i] for i in range(8) if (d_rows[o] >> i) & 1]
+        bits.append(Cat(*terms).xor())
+    return Cat(*bits)
+
+
+class _Source(enum.Enum, shape=3):
+    """Where the payload of a response frame comes from."""
+    EMPTY = 0
+    SLOT = 1  # a replay slot; its status and length too
+    MANIFEST = 2  # the expected sequence number, then the manifest ROM
+    COUNTERS = 3
+    VALUE = 4  # a 16-bit value (the expected sequence number)
+
+
+class LinkBridge(wiring.Component):
+    """The device end of the offload link, in front of a set of kernels.
+
+    Takes the COBS-encoded request frames of :mod:`hdl.link.protocol` on ``i_bytes`` and sends
+    one response frame for each good request on ``o_bytes``. See the module documentation for
+    how it works and for the choices it makes where the protocol leaves room.
+
+    Parameters
+    ----------
+    kernels : list of (int, wiring.Component)
+        The kernels and their ids (1 to 255, each once). A kernel has a ``width`` attribute and
+        ports ``i_stream: In(byte_stream(width))``, ``o_stream: Out(byte_stream(width))``. The
+        bridge makes them its submodules. OP_COUNTERS reports them in this order.
+    manifest : bytes
+        What OP_MANIFEST answers after the expected sequence number (the compact JSON of
+        :mod:`hdl.link.protocol`, built by whoever assembles the board). Held in a ROM.
+    max_payload : int
+        Largest request payload taken in one frame (1 to 65535). Two frame buffers of the next
+        power of two bytes are allocated.
+    max_response : int
+        Largest kernel response sent in one frame and kept for replay (1 to 65535).
+    timeout_cycles : int
+        Cycles without an input byte after which a half-received frame is dropped, and cycles
+        without progress after which a kernel call is given up.
+    window : int
+        Responses kept for replay, a power of two from 1 to 32768.
+
+    Members
+    -------
+    i_bytes : ``In(stream.Signature(8))``
+        Link bytes from the host.
+    o_bytes : ``Out(stream.Signature(8))``
+        Link bytes to the host.
+    """
+
+    def __init__(self, kernels, manifest: bytes, *, max_payload: int = MAX_PAYLOAD,
+                 max_response: int = MAX_RESPONSE, timeout_cycles: int,
+                 window: int = REPLAY_WINDOW):
+        try:
+            kernels = list(kernels)
+        except TypeError:
+            raise TypeError(
+                f"LinkBridge kernels must be a list of (kernel id, component) pairs, "
+                f"not {kernels!r}"
+            ) from None
+        seen = set()
+        for entry in kernels:
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                raise TypeError(
+                    f"LinkBridge kernels must be (kernel id, component) pairs, not {entry!r}"
+                )
+            kernel_id, component = entry
+            if not isinstance(kernel_id, int) or isinstance(kernel_id, bool):
+                raise TypeError(f"LinkBridge kernel id must be an integer, not {kernel_id!r}")
+            if not 1 <= kernel_id <= 255:
+                raise ValueError(
+                    f"LinkBridge kernel id must be from 1 to 255 (0 is the system kernel), "
+                    f"not {kernel_id!r}"
+                )
+            if kernel_id in seen:
+                raise ValueError(f"LinkBridge kernel id {kernel_id} is given twice")
+            seen.add(kernel_id)
+            width = getattr(component, "width", None)
+            if not isinstance(component, wiring.Component) or width not in WIDTHS:
+                raise TypeError(
+                    f"LinkBridge kernel {kernel_id} must be a wiring.Component with a width "
+                    f"of {WIDTHS} bytes, not {component!r}"
+                )
+            members = component.signature.members
+            if ("i_stream" not in members or "o_stream" not in members
+                    or members["i_stream"] != In(byte_stream(width))
+                    or members["o_stream"] != Out(byte_stream(width))):
+                raise TypeError(
+                    f"LinkBridge kernel {kernel_id} must have ports "
+                    f"i_stream: In(byte_stream({width})) and o_stream: Out(byte_stream({width}))"
+                )
+        if not isinstance(manifest, (bytes, bytearray)):
+            raise TypeError(f"LinkBridge manifest must be bytes, not {manifest!r}")
+        if len(manifest) > 0xFFFF - 2:
+            raise ValueError(
+                f"LinkBridge manifest must be at most {0xFFFF - 2} bytes, not {len(manifest)}"
+            )
+        for name, value, low, high in (
+            ("max_payload", max_payload, 1, 0xFFFF),
+            ("max_response", max_response, 1, 0xFFFF),
+            ("timeout_cycles", timeout_cycles, 1, None),
+            ("window", window, 1, 0x8000),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"LinkBridge {name} must be an integer, not {value!r}")
+            if value < low or (high is not None and value > high):
+                bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+                raise ValueError(f"LinkBridge {name} must be {bound}, not {value!r}")
+        if window & (window - 1):
+            raise ValueError(f"LinkBridge window must be a power of two, not {window!r}")
+
+        self.kernels = tuple(kernels)
+        self.manifest = bytes(manifest)
+        self.max_payload = max_payload
+        self.max_response = max_response
+        self.timeout_cycles = timeout_cycles
+        self.window = window
+        super().__init__({
+            "i_bytes": In(stream.Signature(8)),
+            "o_bytes": Out(stream.Signature(8)),
+        })
+
+    @property
+    def counters_size(self) -> int:
+        """Bytes in the payload of the OP_COUNTERS response."""
+        return 4 * (len(LINK_COUNTERS) + len(KERNEL_COUNTERS) * len(self.kernels))
+
+    def elaborate(self, platform):
+        m = Module()
+
+        n_kernels = len(self.kernels)
+        widths = [component.width for _, component in self.kernels]
+        max_width = max(widths, default=1)
+        for kernel_id, component in self.kernels:
+            m.submodules[f"kernel_{kernel_id}"] = component
+
+        link_ctr = {name: Signal(32, name=f"ctr_{name}") for name in LINK_COUNTERS}
+        kernel_ctr = [
+            {name: Signal(32, name=f"ctr_k{kernel_id}_{name}") for name in KERNEL_COUNTERS}
+            for kernel_id, _ in self.kernels
+        ]
+
+        # ---- Receive ----------------------------------------------------------------------
+
+        # A half frame is dropped after timeout_cycles without a byte. The decoder is reset
+        # with it: the bytes it holds belong to the frame being dropped.
+        flush = Signal()
+        decoder = CobsDecoder()
+        m.submodules.decoder = ResetInserter(flush)(decoder)
+        wiring.connect(m, wiring.flipped(self.i_bytes), decoder.i_stream)
+
+        in_frame = Signal()
+        silence = Signal(range(self.timeout_cycles))
+        with m.If(self.i_bytes.valid):
+            m.d.sync += silence.eq(0)
+            with m.If(self.i_bytes.ready):
+                m.d.sync += in_frame.eq(self.i_bytes.payload != 0)
+        with m.Elif(in_frame):
+            with m.If(silence == self.timeout_cycles - 1):
+                m.d.comb += flush.eq(1)
+                m.d.sync += [silence.eq(0), in_frame.eq(0)]
+            with m.Else():
+                m.d.sync += silence.eq(silence + 1)
+
+        buf_bits = ceil_log2(self.max_payload)
+        m.submodules.frame_buffers = frame_buffers = Memory(
+            shape=8, depth=2 << buf_bits, init=[])
+        frame_wr = frame_buffers.write_port()
+        frame_rd = frame_buffers.read_port()
+
+        desc_layout = data.StructLayout({
+            "kernel": 8, "opcode": 8, "more": 1, "seq": 16, "length": 16,
+            "bad": 1, "too_long": 1,
+        })
+        descs = [Signal(desc_layout, name=f"desc{b}") for b in range(2)]
+        full = [Signal(name=f"full{b}") for b in range(2)]
+        wbuf = Signal()  # buffer the receiver fills
+        rbuf = Signal()  # buffer the executor takes next
+
+        frame_max = (1 << 17) - 1  # more than any consistent frame, so the count saturates
+        r_idx = Signal(range(frame_max + 1))
+        r_off = Signal(buf_bits + 1)
+        r_crc = Signal(32, init=INIT)
+        h_version_ok = Signal()
+        h_kernel, h_opcode = Signal(8), Signal(8)
+        h_more = Signal()
+        h_seq, h_length = Signal(16), Signal(16)
+
+        rx_good, rx_bad = Signal(), Signal()
+        beat = decoder.o_stream
+        rx_ready = ~Mux(wbuf, full[1], full[0])
+        m.d.comb += beat.ready.eq(rx_ready)
+        with m.If(beat.valid & rx_ready):
+            with m.If(beat.payload.end):
+                good = (~beat.payload.bad & (r_idx >= HEADER_SIZE + CRC_SIZE)
+                        & (r_crc == CRC_RESIDUE))
+                with m.If(good):
+                    m.d.comb += rx_good.eq(1)
+                    for b in range(2):
+                        with m.If(wbuf == b):
+                            m.d.sync += [
+                                descs[b].kernel.eq(h_kernel),
+                                descs[b].opcode.eq(h_opcode),
+                                descs[b].more.eq(h_more),
+                                descs[b].seq.eq(h_seq),
+                                descs[b].length.eq(h_length),
+                                descs[b].bad.eq(
+                                    ~h_version_ok
+                                    | (r_idx != h_length + HEADER_SIZE + CRC_SIZE)),
+                                descs[b].too_long.eq(h_length > self.max_payload),
+                            ]
+                    m.d.sync += wbuf.eq(~wbuf)
+                with m.Else():
+                    m.d.comb += rx_bad.eq(1)
+                m.d.sync += [r_idx.eq(0), r_off.eq(0), r_crc.eq(INIT)]
+            with m.Else():
+                byte = beat.payload.data
+                m.d.sync += [
+                    r_idx.eq(Mux(r_idx == frame_max, r_idx, r_idx + 1)),
+                    r_crc.eq(_crc_step(r_crc, byte)),
+                ]
+                with m.Switch(r_idx):
+                    with m.Case(0):
+                        m.d.sync += h_version_ok.eq(byte == LINK_VERSION)
+                    with m.Case(1):
+                        m.d.sync += h_kernel.eq(byte)
+                    with m.Case(2):
+                        m.d.sync += h_opcode.eq(byte)
+                    with m.Case(3):
+                        m.d.sync += h_more.eq((byte & FLAG_MORE) != 0)
+                    with m.Case(4):
+                        m.d.sync += h_seq[:8].eq(byte)
+                    with m.Case(5):
+                        m.d.sync += h_seq[8:].eq(byte)
+                    with m.Case(6):
+                        m.d.sync += h_length[:8].eq(byte)
+                    with m.Case(7):
+                        m.d.sync += h_length[8:].eq(byte)
+                # Everything after the header goes into the buffer (the CRC too, when there is
+                # room: it is never read); a frame longer than the buffer only has its CRC
+                # checked, to be answered STATUS_TOO_LONG.
+                with m.If((r_idx >= HEADER_SIZE) & ~r_off[buf_bits]):
+                    m.d.comb += frame_wr.en.eq(1)
+                    m.d.sync += r_off.eq(r_off + 1)
+        m.d.comb += [
+            frame_wr.addr.eq(Cat(r_off[:buf_bits], wbuf)),
+            frame_wr.data.eq(beat.payload.data),
+        ]
+        with m.If(flush):
+            m.d.sync += [r_idx.eq(0), r_off.eq(0), r_crc.eq(INIT)]
+
+        # ---- Execute ----------------------------------------------------------------------
+
+        win_bits = exact_log2(self.window)
+        slot_bits = ceil_log2(self.max_response)
+        m.submodules.replay_slots = replay_slots = Memory(
+            shape=8, depth=self.window << slot_bits, init=[])
+        slot_wr = replay_slots.write_port()
+        slot_rd = replay_slots.read_port()
+        meta_layout = data.StructLayout({
+            "kernel": 8, "status": _STATUS_BITS, "length": range(self.max_response + 1),
+        })
+        m.submodules.replay_meta = replay_meta = Memory(
+            shape=meta_layout, depth=self.window, init=[])
+        meta_wr = replay_meta.write_port()
+        meta_rd = replay_meta.read_port()
+
+        expected = Signal(16)  # sequence number of the next frame to execute
+        executed = Signal(range(self.window + 1))  # frames executed, up to the window
+        target = expected[:win_bits]  # the replay slot of the frame being executed
+
+        # The request being executed.
+        x = Signal(desc_layout)
+        x_buf = Signal()
+        x_held = Signal()  # its frame buffer is not yet released
+        x_known = Signal()
+        x_kidx = Signal(range(max(n_kernels, 1)))
+        x_width_m1 = Signal(range(max_width))
+        r_status = Signal(_STATUS_BITS)
+        r_length = Signal(range(self.max_response + 1))
+
+        # The response handed to the sender.
+        p_valid = Signal()
+        p_src = Signal(_Source)
+        p_slot = Signal(win_bits)
+        p_seq = Signal(16)
+        p_kernel = Signal(8)
+        p_status = Signal(_STATUS_BITS)
+        p_length = Signal(16)
+        p_value = Signal(16)
+
+        release = Signal()
+        for b in range(2):
+            with m.If(rx_good & (wbuf == b)):
+                m.d.sync += full[b].eq(1)
+            with m.If(release & (x_buf == b)):
+                m.d.sync += full[b].eq(0)
+
+        def release_buffer():
+            with m.If(x_held):
+                m.d.comb += release.eq(1)
+                m.d.sync += x_held.eq(0)
+
+        def respond(src, status, length=0, value=0):
+            m.d.sync += [
+                p_valid.eq(1), p_src.eq(src), p_seq.eq(x.seq), p_kernel.eq(x.kernel),
+                p_status.eq(status), p_length.eq(length), p_value.eq(value),
+            ]
+
+        # Set by the sender: the replay slot it is reading, if any.
+        b_slot_busy = Signal()
+        b_slot = Signal(win_bits)
+        slot_hazard = ((p_valid & (p_src == _Source.SLOT) & (p_slot == target))
+                       | (b_slot_busy & (b_slot == target)))
+
+        seq_behind = Signal(16)
+        m.d.comb += seq_behind.eq(expected - x.seq)
+        counted_replay, counted_oos = Signal(), Signal()
+
+        # Kernel feed: payload bytes packed into the selected kernel's beats.
+        fp = Signal(range(self.max_payload + 1))  # payload bytes taken from the buffer
+        take = Signal()
+        f_valid, f_last = Signal(), Signal()
+        f_data = Signal(8 * max_width)
+        f_nbytes = Signal(range(max_width + 1))
+        acc = Signal(8 * (max_width - 1))  # bytes of a beat not yet full
+        acc_n = Signal(range(max_width))
+        last_sent = Signal()
+        # A message spread over several frames may leave a partial beat between them.
+        saved_acc = [Signal(8 * (max_width - 1), name=f"saved_acc{k}") for k in range(n_kernels)]
+        saved_acc_n = [Signal(range(max_width), name=f"saved_acc_n{k}")
+                       for k in range(n_kernels)]
+        in_msg = [Signal(name=f"in_msg{k}") for k in range(n_kernels)]
+
+        # Kernel response: beats unpacked into bytes written to the replay slot.
+        u_valid, got_last, r_error, overflow = Signal(), Signal(), Signal(), Signal()
+        u_data = Signal(8 * max_width)
+        u_left = Signal(range(max_width + 1))
+        watchdog = Signal(range(self.timeout_cycles))
+
+        # The selected kernel's ports.
+        def select(values):
+            return Array(values)[x_kidx] if n_kernels else Const(0)
+        kernels = [component for _, component in self.kernels]
+        k_ready = select([c.i_stream.ready for c in kernels])
+        o_valid = select([c.o_stream.valid for c in kernels])
+        o_data = select([c.o_stream.payload.data for c in kernels])
+        o_last = select([c.o_stream.payload.last for c in kernels])
+        o_error = select([c.o_stream.payload.error for c in kernels])
+        # Bytes that count in a beat: all of them but in the last, which says (and a count
+        # over the width is taken as the width).
+        o_count = select([
+            Mux(c.o_stream.payload.last & (c.o_stream.payload.nbytes < c.width),
+                c.o_stream.payload.nbytes, c.width)
+            for c in kernels
+        ])
+
+        # Feed. The read port always holds the byte at fp, reading ahead when one is taken.
+        byte = frame_rd.data
+        has_byte = fp != x.length
+        msg_last_byte = ~x.more & (fp == x.length - 1)
+        forms_beat = (acc_n == x_width_m1) | msg_last_byte
+        f_free = ~f_valid | k_ready
+        # A message whose last frame has no payload ends with what the packer holds.
+        final_beat = ~has_byte & ~x.more & ~last_sent & f_free
+        placed = (Cat(acc, Const(0, 8)) | (byte << Cat(Const(0, 3), acc_n)))[:len(f_data)]
+        feed_done = ~has_byte & (x.more | last_sent) & ~f_valid
+        m.d.comb += frame_rd.addr.eq(Cat(Mux(take, fp + 1, fp)[:buf_bits], x_buf))
+
+        # Collect.
+        collect_ready = ~x.more & ~got_last & (~u_valid | (u_left == 1))
+        accept = o_valid & collect_ready
+        collect_done = got_last & ~u_valid
+        m.d.comb += [
+            slot_wr.addr.eq(Cat(r_length[:slot_bits], target)),
+            slot_wr.data.eq(u_data[:8]),
+        ]
+        progress = take | final_beat | (f_valid & k_ready) | accept | u_valid
+
+        with m.FSM(name="execute") as exec_fsm:
+            with m.State("IDLE"):
+                with m.If(Mux(rbuf, full[1], full[0])):
+                    desc = Mux(rbuf, descs[1].as_value(), descs[0].as_value())
+                    m.d.sync += [
+                        x.eq(desc), x_buf.eq(rbuf), x_held.eq(1), rbuf.eq(~rbuf),
+                        fp.eq(0), x_known.eq(0),
+                    ]
+                    with m.Switch(desc_layout(desc).kernel):
+                        for k, (kernel_id, component) in enumerate(self.kernels):
+                            with m.Case(kernel_id):
+                                m.d.sync += [
+                                    x_known.eq(1),
+                                    x_kidx.eq(k),
+                                    x_width_m1.eq(component.width - 1),
+                                ]
+                    m.next = "DECIDE"
+
+            with m.State("DECIDE"):
+                with m.If(x.kernel == SYSTEM_KERNEL_ID):
+                    # Stateless: answered at once, whatever the sequence number.
+                    with m.If(~p_valid):
+                        release_buffer()
+                        with m.If(x.bad):
+                            respond(_Source.EMPTY, STATUS_BAD_FRAME)
+                        with m.Elif(x.too_long):
+                            respond(_Source.EMPTY, STATUS_TOO_LONG)
+                        with m.Elif(x.opcode == OP_MANIFEST):
+                            respond(_Source.MANIFEST, STATUS_OK,
+                                    length=2 + len(self.manifest), value=expected)
+                        with m.Elif(x.opcode == OP_COUNTERS):
+                            respond(_Source.COUNTERS, STATUS_OK, length=self.counters_size)
+                        with m.Else():
+                            respond(_Source.EMPTY, STATUS_BAD_OPCODE)
+                        m.next = "IDLE"
+                with m.Elif(seq_behind == 0):
+                    # The slot about to be written must not be the one being sent.
+                    with m.If(~slot_hazard):
+                        m.d.sync += r_length.eq(0)
+                        with m.If(x.bad | x.too_long | ~x_known | (x.opcode != OP_CALL)):
+                            release_buffer()
+                            with m.If(x.bad):
+                                m.d.sync += r_status.eq(STATUS_BAD_FRAME)
+                            with m.Elif(x.too_long):
+                                m.d.sync += r_status.eq(STATUS_TOO_LONG)
+                            with m.Elif(~x_known):
+                                m.d.sync += r_status.eq(STATUS_UNKNOWN_KERNEL)
+                            with m.Else():
+                                m.d.sync += r_status.eq(STATUS_BAD_OPCODE)
+                            m.next = "FINISH"
+                        if n_kernels:
+                            with m.Else():
+                                m.d.sync += [
+                                    last_sent.eq(0), got_last.eq(0), r_error.eq(0),
+                                    overflow.eq(0), watchdog.eq(0),
+                                    acc.eq(Array(saved_acc)[x_kidx]),
+                                    acc_n.eq(Array(saved_acc_n)[x_kidx]),
+                                    Array(in_msg)[x_kidx].eq(1),
+                                ]
+                                m.next = "RUN"
+                with m.Elif(seq_behind <= executed):
+                    with m.If(~p_valid):
+                        release_buffer()
+                        respond(_Source.SLOT, 0)
+                        m.d.sync += p_slot.eq(x.seq[:win_bits])
+                        m.d.comb += counted_replay.eq(1)
+                        m.next = "IDLE"
+                with m.Else():
+                    with m.If(~p_valid):
+                        release_buffer()
+                        respond(_Source.VALUE, STATUS_OUT_OF_SEQUENCE, length=2, value=expected)
+                        m.d.comb += counted_oos.eq(1)
+                        m.next = "IDLE"
+
+            if n_kernels:
+                with m.State("RUN"):
+                    m.d.comb += take.eq(has_byte & (~forms_beat | f_free))
+                    with m.If(take):
+                        m.d.sync += fp.eq(fp + 1)
+                        with m.If(forms_beat):
+                            m.d.sync += [
+                                f_data.eq(placed), f_nbytes.eq(acc_n + 1),
+                                f_last.eq(msg_last_byte), last_sent.eq(msg_last_byte),
+                                acc.eq(0), acc_n.eq(0),
+                            ]
+                        with m.Else():
+                            m.d.sync += [acc.eq(placed), acc_n.eq(acc_n + 1)]
+                    with m.If(final_beat):
+                        m.d.sync += [
+                            f_data.eq(acc), f_nbytes.eq(acc_n), f_last.eq(1), last_sent.eq(1),
+                            acc.eq(0), acc_n.eq(0),
+                        ]
+                    m.d.sync += f_valid.eq((take & forms_beat) | final_beat | (f_valid & ~k_ready))
+                    with m.If(~has_byte):
+                        release_buffer()
+
+                    with m.If(u_valid):
+                        m.d.comb += slot_wr.en.eq(r_length < self.max_response)
+                        with m.If(r_length == self.max_response):
+                            m.d.sync += overflow.eq(1)
+                        with m.Else():
+                            m.d.sync += r_length.eq(r_length + 1)
+                        m.d.sync += [u_data.eq(u_data >> 8), u_left.eq(u_left - 1)]
+                        with m.If(u_left == 1):
+                            m.d.sync += u_valid.eq(0)
+                    with m.If(accept):
+                        m.d.sync += [
+                            u_valid.eq(o_count != 0), u_data.eq(o_data), u_left.eq(o_count),
+                        ]
+                        with m.If(o_last):
+                            m.d.sync += [got_last.eq(1), r_error.eq(o_error)]
+
+                    with m.If(feed_done & (x.more | collect_done)):
+                        m.d.sync += [
+                            Array(saved_acc)[x_kidx].eq(acc),
+                            Array(saved_acc_n)[x_kidx].eq(acc_n),
+                        ]
+                        with m.If(x.more):
+                            m.d.sync += r_status.eq(STATUS_OK)
+                        with m.Else():
+                            m.d.sync += Array(in_msg)[x_kidx].eq(0)
+                            with m.If(overflow):
+                                m.d.sync += [r_status.eq(STATUS_TOO_LONG), r_length.eq(0)]
+                            with m.Elif(r_error):
+                                m.d.sync += r_status.eq(STATUS_KERNEL_ERROR)
+                            with m.Else():
+                                m.d.sync += r_status.eq(STATUS_OK)
+                        m.next = "FINISH"
+                    with m.Elif(progress):
+                        m.d.sync += watchdog.eq(0)
+                    with m.Elif(watchdog == self.timeout_cycles - 1):
+                        # The kernel is stuck. Its message stays open unless its last beat
+                        # went in; a response it gives later is dropped once it is over.
+                        release_buffer()
+                        m.d.sync += [
+                            f_valid.eq(0), u_valid.eq(0),
+                            r_status.eq(STATUS_KERNEL_ERROR), r_length.eq(0),
+                            Array(in_msg)[x_kidx].eq(x.more | ~(last_sent & ~f_valid)),
+                        ]
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.d.sync += watchdog.eq(watchdog + 1)
+
+            with m.State("FINISH"):
+                with m.If(~p_valid):
+                    release_buffer()
+                    m.d.comb += [
+                        meta_wr.en.eq(1),
+                        meta_wr.addr.eq(target),
+                        meta_wr.data.kernel.eq(x.kernel),
+                        meta_wr.data.status.eq(r_status),
+                        meta_wr.data.length.eq(r_length),
+                    ]
+                    respond(_Source.SLOT, 0)
+                    m.d.sync += [
+                        p_slot.eq(target),
+                        expected.eq(expected + 1),
+                        executed.eq(Mux(executed == self.window, executed, executed + 1)),
+                    ]
+                    m.next = "IDLE"
+
+        running = exec_fsm.ongoing("RUN") if n_kernels else Const(0)
+
+        # Kernel ports. Beats go in from flip-flops; the response is taken while the frame
+        # that ends the kernel's message runs, and dropped when the kernel has no message.
+        for k, (_, component) in enumerate(self.kernels):
+            i, o = component.i_stream, component.o_stream
+            selected = running & (x_kidx == k)
+            m.d.comb += [
+                i.valid.eq(f_valid & (x_kidx == k)),
+                i.payload.data.eq(f_data),
+                i.payload.nbytes.eq(f_nbytes),
+                i.payload.last.eq(f_last),
+                i.payload.error.eq(0),
+                o.ready.eq(Mux(selected, collect_ready, ~in_msg[k])),
+            ]
+            ctr = kernel_ctr[k]
+            with m.If(in_msg[k]):
+                m.d.sync += ctr["busy_cycles"].eq(ctr["busy_cycles"] + 1)
+            with m.If(i.valid & i.ready):
+                m.d.sync += ctr["beats_in"].eq(ctr["beats_in"] + 1)
+            with m.If(o.valid & o.ready):
+                m.d.sync += ctr["beats_out"].eq(ctr["beats_out"] + 1)
+                with m.If(o.payload.last & o.payload.error):
+                    m.d.sync += ctr["errors"].eq(ctr["errors"] + 1)
+
+        # ---- Send -------------------------------------------------------------------------
+
+        if self.manifest:
+            m.submodules.manifest_rom = manifest_rom = Memory(
+                shape=8, depth=len(self.manifest), init=self.manifest)
+            rom_rd = manifest_rom.read_port()
+        m.submodules.encoder = encoder = CobsEncoder()
+        wiring.connect(m, encoder.o_stream, wiring.flipped(self.o_bytes))
+
+        s_valid, s_last = Signal(), Signal()
+        s_data = Signal(8)
+        enc_in = encoder.i_stream
+        m.d.comb += [
+            enc_in.valid.eq(s_valid),
+            enc_in.payload.data.eq(s_data),
+            enc_in.payload.last.eq(s_last),
+        ]
+        advance = ~s_valid | enc_in.ready
+        with m.If(enc_in.ready):
+            m.d.sync += s_valid.eq(0)
+
+        b_src = Signal(_Source)
+        b_seq, b_length, b_value = Signal(16), Signal(16), Signal(16)
+        b_kernel = Signal(8)
+        b_status = Signal(_STATUS_BITS)
+        b_crc = Signal(32)
+        cnt = Signal(16)
+        hold = Signal(24)  # the rest of a counter whose first byte has gone, so it is not torn
+        tx_byte = Signal(8)
+        frame_sent = Signal()
+
+        in_payload = Signal()
+        pay_next = Mux(in_payload, Mux(advance, cnt + 1, cnt), 0)
+        m.d.comb += [
+            meta_rd.addr.eq(p_slot),
+            slot_rd.addr.eq(Cat(pay_next[:slot_bits], b_slot)),
+        ]
+        if self.manifest:
+            m.d.comb += rom_rd.addr.eq(Mux(pay_next >= 2, pay_next - 2, 0))
+
+        counters = [link_ctr[name] for name in LINK_COUNTERS]
+        counters += [ctr[name] for ctr in kernel_ctr for name in KERNEL_COUNTERS]
+        counter_word = Array(counters)[cnt[2:2 + ceil_log2(len(counters))]]
+        counter_byte = Mux(cnt[:2] == 0, counter_word[:8], hold[:8])
+        value_byte = b_value.word_select(cnt[0], 8)
+
+        def emit(last=0):
+            m.d.sync += [s_valid.eq(1), s_data.eq(tx_byte), s_last.eq(last)]
+
+        with m.FSM(name="send") as send_fsm:
+            with m.State("IDLE"):
+                with m.If(p_valid):
+                    m.d.sync += [
+                        p_valid.eq(0),
+                        b_src.eq(p_src), b_slot.eq(p_slot), b_seq.eq(p_seq),
+                        b_kernel.eq(p_kernel), b_status.eq(p_status), b_length.eq(p_length),
+                        b_value.eq(p_value), b_crc.eq(INIT), cnt.eq(0),
+                    ]
+                    with m.If(p_src == _Source.SLOT):
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.next = "HEADER"
+            with m.State("LOAD"):
+                m.d.sync += [
+                    b_kernel.eq(meta_rd.data.kernel),
+                    b_status.eq(meta_rd.data.status),
+                    b_length.eq(meta_rd.data.length),
+                ]
+                m.next = "HEADER"
+            with m.State("HEADER"):
+                header = Array([
+                    Const(LINK_VERSION, 8), b_kernel, b_status, Const(0, 8),
+                    b_seq[:8], b_seq[8:], b_length[:8], b_length[8:],
+                ])
+                m.d.comb += tx_byte.eq(header[cnt[:3]])
+                with m.If(advance):
+                    emit()
+                    m.d.sync += [b_crc.eq(_crc_step(b_crc, tx_byte)), cnt.eq(cnt + 1)]
+                    with m.If(cnt == HEADER_SIZE - 1):
+                        m.d.sync += cnt.eq(0)
+                        with m.If(b_length == 0):
+                            m.next = "CRC"
+                        with m.Else():
+                            m.next = "PAYLOAD"
+            with m.State("PAYLOAD"):
+                m.d.comb += in_payload.eq(1)
+                with m.Switch(b_src):
+                    with m.Case(_Source.SLOT):
+                        m.d.comb += tx_byte.eq(slot_rd.data)
+                    with m.Case(_Source.MANIFEST):
+                        if self.manifest:
+                            m.d.comb += tx_byte.eq(Mux(cnt < 2, value_byte, rom_rd.data))
+                        else:
+                            m.d.comb += tx_byte.eq(value_byte)
+                    with m.Case(_Source.COUNTERS):
+                        m.d.comb += tx_byte.eq(counter_byte)
+                    with m.Case(_Source.VALUE):
+                        m.d.comb += tx_byte.eq(value_byte)
+                with m.If(advance):
+                    emit()
+                    m.d.sync += [b_crc.eq(_crc_step(b_crc, tx_byte)), cnt.eq(cnt + 1)]
+                    with m.If(cnt[:2] == 0):
+                        m.d.sync += hold.eq(counter_word[8:])
+                    with m.Else():
+                        m.d.sync += hold.eq(hold >> 8)
+                    with m.If(cnt == b_length - 1):
+                        m.d.sync += cnt.eq(0)
+                        m.next = "CRC"
+            with m.State("CRC"):
+                m.d.comb += tx_byte.eq((b_crc ^ XOROUT).word_select(cnt[:2], 8))
+                with m.If(advance):
+                    emit(last=cnt == CRC_SIZE - 1)
+                    m.d.sync += cnt.eq(cnt + 1)
+                    with m.If(cnt == CRC_SIZE - 1):
+                        m.d.comb += frame_sent.eq(1)
+                        m.next = "IDLE"
+
+        m.d.comb += b_slot_busy.eq(~send_fsm.ongoing("IDLE") & (b_src == _Source.SLOT))
+
+        # ---- Counters ---------------------------------------------------------------------
+
+        events = {
+            "frames_in": rx_good,
+            "bad_crc": rx_bad,
+            "timeouts": flush,
+            "replays": counted_replay,
+            "out_of_sequence": counted_oos,
+            "frames_out": frame_sent,
+        }
+        assert set(events) == set(LINK_COUNTERS), "a link counter has no event"
+        for name, event in events.items():
+            with m.If(event):
+                m.d.sync += link_ctr[name].eq(link_ctr[name] + 1)
+
+        return m

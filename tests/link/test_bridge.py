@@ -1,0 +1,441 @@
+# amaranth: UnusedElaboratable=no
+
+import random
+
+import google_crc32c
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
+
+from hdl.kernels.crc32c import Crc32cKernel
+from hdl.link.bridge import CRC_RESIDUE, LinkBridge
+from hdl.link.protocol import (
+    FLAG_MORE,
+    KERNEL_COUNTERS,
+    LINK_COUNTERS,
+    OP_COUNTERS,
+    OP_MANIFEST,
+    STATUS_BAD_FRAME,
+    STATUS_BAD_OPCODE,
+    STATUS_KERNEL_ERROR,
+    STATUS_OK,
+    STATUS_OUT_OF_SEQUENCE,
+    STATUS_TOO_LONG,
+    STATUS_UNKNOWN_KERNEL,
+)
+from hdl.stream import byte_stream
+
+from .frames import parse_responses, ref_frame, ref_request
+from .streams import stream_recv, stream_send
+
+MANIFEST = b'{"link":1,"board":"test","kernels":[]}'
+MAX_PAYLOAD = 64
+MAX_RESPONSE = 16
+TIMEOUT = 150
+
+CRC1, CRC4, ECHO, STUCK = 1, 2, 3, 4
+KERNEL_ORDER = [CRC1, CRC4, ECHO, STUCK]
+
+
+class EchoKernel(wiring.Component):
+    """Answers each message with itself, one beat per cycle, with ``error`` on the last beat when
+    the message starts with 0xEE."""
+
+    width = 1
+    i_stream: In(byte_stream(1))
+    o_stream: Out(byte_stream(1))
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i_stream, self.o_stream
+        first, bad = Signal(init=1), Signal()
+        m.d.comb += i.ready.eq(~o.valid | o.ready)
+        with m.If(o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(i.valid & i.ready):
+            is_bad = bad | (first & (i.payload.nbytes != 0) & (i.payload.data == 0xEE))
+            m.d.sync += [
+                o.valid.eq(1),
+                o.payload.data.eq(i.payload.data),
+                o.payload.nbytes.eq(i.payload.nbytes),
+                o.payload.last.eq(i.payload.last),
+                o.payload.error.eq(i.payload.last & is_bad),
+                bad.eq(is_bad & ~i.payload.last),
+                first.eq(i.payload.last),
+            ]
+        return m
+
+
+class StuckKernel(wiring.Component):
+    """Never takes a beat."""
+
+    width = 1
+    i_stream: In(byte_stream(1))
+    o_stream: Out(byte_stream(1))
+
+    def elaborate(self, platform):
+        return Module()
+
+
+def make_bridge(**kwargs):
+    kernels = [(CRC1, Crc32cKernel(1)), (CRC4, Crc32cKernel(4)), (ECHO, EchoKernel()),
+               (STUCK, StuckKernel())]
+    params = dict(max_payload=MAX_PAYLOAD, max_response=MAX_RESPONSE, timeout_cycles=TIMEOUT)
+    params.update(kwargs)
+    return LinkBridge(kernels, MANIFEST, **params)
+
+
+def run(chunks, responses, *, seed=0, idle=0.0, backpressure=0.0, settle=200, dut=None):
+    """Send ``chunks`` (bytes, or an int for that many silent cycles) to a bridge and return the
+    first ``responses`` response frames, checking that no other frame follows within ``settle``
+    cycles. Also returns the cycles from the first byte taken to the last."""
+    dut = make_bridge() if dut is None else dut
+    rng = random.Random(seed)
+    out = []
+    cycles = [0]
+    span = []
+    total = sum(len(c) for c in chunks if not isinstance(c, int))
+
+    async def clock(ctx):
+        while True:
+            await ctx.tick()
+            cycles[0] += 1
+
+    async def source(ctx):
+        span.append(cycles[0])
+        for chunk in chunks:
+            if isinstance(chunk, int):
+                await ctx.tick().repeat(chunk)
+            else:
+                await stream_send(ctx, dut.i_bytes, chunk, rng=rng, idle=idle)
+        span.append(cycles[0])
+
+    async def sink(ctx):
+        frames = [0]
+
+        def done(got):
+            frames[0] += got[-1] == 0
+            return frames[0] == responses
+        if responses:
+            await stream_recv(ctx, dut.o_bytes, out, rng=rng, backpressure=backpressure,
+                              until=done, cycles=100 * total + 50 * TIMEOUT + 5000)
+        extra = []
+        await stream_recv(ctx, dut.o_bytes, extra, cycles=settle)
+        assert not extra, f"unexpected bytes after the responses: {bytes(extra).hex()}"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(clock, background=True)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
+    got = parse_responses(bytes(out))
+    assert len(got) == responses
+    return got, span[1] - span[0]
+
+
+def crc_le(data):
+    return google_crc32c.value(data).to_bytes(4, "little")
+
+
+def counters_request(seq=0):
+    return ref_request(0, seq, opcode=OP_COUNTERS)
+
+
+def parse_counters(payload):
+    words = [int.from_bytes(payload[i:i + 4], "little") for i in range(0, len(payload), 4)]
+    link = dict(zip(LINK_COUNTERS, words, strict=False))
+    words = words[len(LINK_COUNTERS):]
+    n = len(KERNEL_COUNTERS)
+    assert len(words) == n * len(KERNEL_ORDER)
+    kernels = {kid: dict(zip(KERNEL_COUNTERS, words[i * n:(i + 1) * n], strict=True))
+               for i, kid in enumerate(KERNEL_ORDER)}
+    return link, kernels
+
+
+def test_crc_residue():
+    # The receiver's check: the register after a frame and its CRC is the same for any frame.
+    rng = random.Random(0)
+    for length in (0, 1, 7, 100):
+        data = rng.randbytes(length)
+        state = google_crc32c.value(data + crc_le(data)) ^ 0xFFFFFFFF
+        assert state == CRC_RESIDUE
+
+
+@pytest.mark.parametrize("idle, backpressure", [(0.0, 0.0), (0.3, 0.5)])
+def test_crc_requests(idle, backpressure):
+    rng = random.Random(1)
+    cases = [(CRC1, b""), (CRC1, b"\x00"), (CRC1, rng.randbytes(13)),
+             (CRC4, b""), (CRC4, b"abc"), (CRC4, rng.randbytes(17)), (CRC4, bytes(8))]
+    chunks = [ref_request(kernel, seq, payload) for seq, (kernel, payload) in enumerate(cases)]
+    got, _ = run(chunks, len(cases), seed=2, idle=idle, backpressure=backpressure)
+    for seq, ((kernel, payload), response) in enumerate(zip(cases, got, strict=True)):
+        assert (response.version, response.kernel, response.status, response.flags,
+                response.seq) == (1, kernel, STATUS_OK, 0, seq)
+        assert response.payload == crc_le(payload)
+
+
+def test_manifest_reports_expected_seq():
+    chunks = [
+        ref_request(0, 77, opcode=OP_MANIFEST),
+        ref_request(CRC1, 0, b"a"),
+        ref_request(CRC1, 1, b"b"),
+        ref_request(0, 78, opcode=OP_MANIFEST),
+    ]
+    got, _ = run(chunks, 4)
+    assert (got[0].kernel, got[0].status, got[0].seq) == (0, STATUS_OK, 77)
+    assert got[0].payload == b"\x00\x00" + MANIFEST
+    assert got[3].payload == b"\x02\x00" + MANIFEST
+    assert got[3].seq == 78
+
+
+def test_counters():
+    chunks = [
+        ref_request(CRC1, 0, b"12345"),
+        ref_request(CRC4, 1, b"123456789"),
+        ref_request(ECHO, 2, b"\xee\x01"),  # the echo kernel raises error
+        counters_request(),
+    ]
+    got, _ = run(chunks, 4)
+    assert [r.status for r in got] == [STATUS_OK, STATUS_OK, STATUS_KERNEL_ERROR, STATUS_OK]
+    link, kernels = parse_counters(got[3].payload)
+    assert link == dict(frames_in=4, bad_crc=0, timeouts=0, replays=0, out_of_sequence=0,
+                        frames_out=3)
+    assert {k: v for k, v in kernels[CRC1].items() if k != "busy_cycles"} == dict(
+        beats_in=5, beats_out=4, errors=0)
+    assert {k: v for k, v in kernels[CRC4].items() if k != "busy_cycles"} == dict(
+        beats_in=3, beats_out=1, errors=0)
+    assert {k: v for k, v in kernels[ECHO].items() if k != "busy_cycles"} == dict(
+        beats_in=2, beats_out=2, errors=1)
+    # A kernel is busy from its first beat to its response's last, at a beat per cycle.
+    assert 5 + 4 <= kernels[CRC1]["busy_cycles"] <= 5 + 4 + Crc32cKernel.LATENCY + 10
+    assert kernels[STUCK] == dict(busy_cycles=0, beats_in=0, beats_out=0, errors=0)
+
+
+def test_bad_frames_dropped_and_counted():
+    good = ref_request(CRC1, 0, b"xyz")
+    chunks = [
+        ref_request(CRC1, 0, b"xyz", crc_error=1 << 30),  # wrong CRC
+        ref_frame(b"\x01\x01\x00"),  # shorter than a header and a CRC
+        b"\x05\x11\x22\x00",  # COBS block cut short
+        b"\x00\x00",  # empty frames are ignored, not counted
+        good,
+        counters_request(),
+    ]
+    got, _ = run(chunks, 2)
+    assert got[0].payload == crc_le(b"xyz")
+    link, _ = parse_counters(got[1].payload)
+    assert (link["bad_crc"], link["frames_in"]) == (3, 2)
+
+
+def test_bad_frame_status():
+    chunks = [
+        ref_request(CRC1, 0, b"abc", version=2),
+        ref_request(CRC1, 1, b"abc", length=2),
+        ref_request(CRC1, 2, b"abc", length=300),
+        ref_request(0, 9, b"", opcode=OP_MANIFEST, version=0),
+        ref_request(CRC1, 3, b"abc"),
+    ]
+    got, _ = run(chunks, 5)
+    assert [r.status for r in got] == [STATUS_BAD_FRAME] * 4 + [STATUS_OK]
+    assert [r.seq for r in got] == [0, 1, 2, 9, 3]
+    assert [r.payload for r in got[:4]] == [b""] * 4
+
+
+def test_timeout_drops_half_frame():
+    frame = ref_request(CRC1, 0, b"hello")
+    chunks = [frame[:7], TIMEOUT + 20, frame, counters_request()]
+    got, _ = run(chunks, 2)
+    assert got[0].payload == crc_le(b"hello")
+    link, _ = parse_counters(got[1].payload)
+    assert (link["timeouts"], link["bad_crc"], link["frames_in"]) == (1, 0, 2)
+
+
+def test_silence_shorter_than_timeout_keeps_frame():
+    frame = ref_request(CRC1, 0, b"hello")
+    got, _ = run([frame[:7], TIMEOUT - 20, frame[7:]], 1)
+    assert got[0].payload == crc_le(b"hello")
+
+
+def test_retry_replays_without_executing():
+    chunks = [
+        ref_request(CRC1, 0, b"abcd"),
+        ref_request(ECHO, 1, b"\xee\x05"),
+        ref_request(CRC1, 0, b"abcd"),  # retries: answered from the window
+        ref_request(ECHO, 1, b"\xee\x05"),
+        ref_request(CRC1, 2, b"ef"),
+        ref_request(CRC1, 0, b"abcd"),
+        counters_request(),
+    ]
+    got, _ = run(chunks, 7)
+    for first, again in ((0, 2), (1, 3), (0, 5)):
+        assert got[again] == got[first]
+    assert got[1].status == STATUS_KERNEL_ERROR and got[1].payload == b"\xee\x05"
+    assert got[4].payload == crc_le(b"ef")
+    link, kernels = parse_counters(got[6].payload)
+    assert link["replays"] == 3
+    assert kernels[CRC1]["beats_in"] == 4 + 2
+    assert kernels[ECHO]["beats_in"] == 2
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_replay_window_edge(window):
+    # The last `window` executed frames replay; an older one is out of sequence. With a window
+    # of 1 a frame executes into the slot whose replay is still being sent.
+    dut = make_bridge(window=window)
+    chunks = [ref_request(CRC1, seq, bytes([seq])) for seq in range(3)]
+    replayed = list(range(3 - window, 3))
+    chunks += [ref_request(CRC1, seq, bytes([seq])) for seq in replayed]
+    chunks += [ref_request(CRC1, 2 - window, bytes([2 - window])), ref_request(CRC1, 3, b"\x03")]
+    got, _ = run(chunks, 3 + window + 2, dut=dut, backpressure=0.5)
+    for i, seq in enumerate(replayed):
+        assert got[3 + i] == got[seq]
+    assert got[3 + window].status == STATUS_OUT_OF_SEQUENCE
+    assert got[3 + window].payload == b"\x03\x00"
+    assert got[4 + window].payload == crc_le(b"\x03")
+
+
+def test_out_of_sequence():
+    chunks = [
+        ref_request(CRC1, 5, b"a"),  # nothing executed yet: the device expects 0
+        ref_request(CRC1, 0xFFFF, b"a"),  # just behind, but nothing was executed there
+        ref_request(CRC1, 0, b"a"),
+        ref_request(CRC1, 2, b"a"),  # ahead
+        ref_request(CRC1, 1, b"b"),
+        counters_request(),
+    ]
+    got, _ = run(chunks, 6)
+    assert [(r.status, r.seq) for r in got[:5]] == [
+        (STATUS_OUT_OF_SEQUENCE, 5), (STATUS_OUT_OF_SEQUENCE, 0xFFFF), (STATUS_OK, 0),
+        (STATUS_OUT_OF_SEQUENCE, 2), (STATUS_OK, 1)]
+    assert [r.payload for r in got[:4]] == [b"\x00\x00", b"\x00\x00", crc_le(b"a"), b"\x01\x00"]
+    link, kernels = parse_counters(got[5].payload)
+    assert link["out_of_sequence"] == 3
+    assert kernels[CRC1]["beats_in"] == 2
+
+
+def test_unknown_kernel_and_bad_opcode():
+    chunks = [
+        ref_request(9, 0, b"abc"),
+        ref_request(CRC1, 1, b"abc", opcode=3),
+        ref_request(0, 40, opcode=7),
+        ref_request(CRC1, 2, b"abc"),
+    ]
+    got, _ = run(chunks, 4)
+    assert [(r.kernel, r.status, r.seq, r.payload) for r in got] == [
+        (9, STATUS_UNKNOWN_KERNEL, 0, b""),
+        (CRC1, STATUS_BAD_OPCODE, 1, b""),
+        (0, STATUS_BAD_OPCODE, 40, b""),
+        (CRC1, STATUS_OK, 2, crc_le(b"abc")),
+    ]
+
+
+def test_too_long():
+    rng = random.Random(3)
+    long = rng.randbytes(MAX_PAYLOAD + 1)
+    chunks = [
+        ref_request(CRC1, 0, long),
+        ref_request(CRC1, 1, rng.randbytes(MAX_PAYLOAD)),
+        ref_request(ECHO, 2, bytes(range(1, MAX_RESPONSE + 2))),  # response over max_response
+        ref_request(ECHO, 3, bytes(range(1, MAX_RESPONSE + 1))),
+        counters_request(),
+    ]
+    got, _ = run(chunks, 5)
+    assert [r.status for r in got[:4]] == [STATUS_TOO_LONG, STATUS_OK, STATUS_TOO_LONG, STATUS_OK]
+    assert got[0].payload == b"" and got[2].payload == b""
+    assert got[3].payload == bytes(range(1, MAX_RESPONSE + 1))
+    _, kernels = parse_counters(got[4].payload)
+    assert kernels[CRC1]["beats_in"] == MAX_PAYLOAD
+
+
+@pytest.mark.parametrize("kernel", [CRC1, CRC4])
+def test_flag_more_message_over_three_frames(kernel):
+    rng = random.Random(kernel)
+    parts = [rng.randbytes(3), rng.randbytes(6), rng.randbytes(5)]
+    chunks = [
+        ref_request(kernel, 0, parts[0], flags=FLAG_MORE),
+        ref_request(CRC1 if kernel == CRC4 else CRC4, 1, b"between"),  # another kernel meanwhile
+        ref_request(kernel, 2, parts[1], flags=FLAG_MORE),
+        ref_request(kernel, 3, parts[2]),
+        ref_request(kernel, 4, b"", flags=FLAG_MORE),
+        ref_request(kernel, 5, b"q", flags=FLAG_MORE),
+        ref_request(kernel, 6, b""),
+    ]
+    got, _ = run(chunks, 7)
+    assert [(r.status, r.payload) for r in got] == [
+        (STATUS_OK, b""), (STATUS_OK, crc_le(b"between")), (STATUS_OK, b""),
+        (STATUS_OK, crc_le(b"".join(parts))), (STATUS_OK, b""), (STATUS_OK, b""),
+        (STATUS_OK, crc_le(b"q")),
+    ]
+
+
+def test_stuck_kernel_is_timed_out():
+    chunks = [ref_request(STUCK, 0, b"abc"), ref_request(CRC1, 1, b"abc"), counters_request()]
+    got, _ = run(chunks, 3)
+    assert [(r.status, r.payload) for r in got[:2]] == [
+        (STATUS_KERNEL_ERROR, b""), (STATUS_OK, crc_le(b"abc"))]
+    _, kernels = parse_counters(got[2].payload)
+    assert kernels[STUCK]["beats_in"] == 0 and kernels[STUCK]["busy_cycles"] >= TIMEOUT
+
+
+def test_back_to_back_one_byte_per_cycle():
+    rng = random.Random(4)
+    payloads = [rng.randbytes(48) for _ in range(8)]
+    chunks = [b"".join(ref_request(CRC1, seq, p) for seq, p in enumerate(payloads))]
+    got, cycles = run(chunks, len(payloads))
+    assert [r.payload for r in got] == [crc_le(p) for p in payloads]
+    per_byte = cycles / len(chunks[0])
+    print(f"{len(chunks[0])} link bytes in {cycles} cycles: {per_byte:.3f} cycles per byte")
+    assert per_byte < 1.1
+
+
+def test_random_traffic_under_backpressure():
+    rng = random.Random(5)
+    chunks, expect = [], []
+    seq = 0
+    for _ in range(14):
+        kernel = rng.choice([CRC1, CRC4, ECHO])
+        payload = rng.randbytes(rng.randrange(0, 12))
+        if kernel == ECHO and payload[:1] == b"\xee":
+            payload = b"\x00" + payload
+        chunks.append(ref_request(kernel, seq, payload))
+        expect.append(payload if kernel == ECHO else crc_le(payload))
+        if rng.random() < 0.3:  # a retry
+            chunks.append(chunks[-1])
+            expect.append(expect[-1])
+        seq += 1
+    got, _ = run(chunks, len(chunks), seed=6, idle=0.4, backpressure=0.7)
+    assert [r.status for r in got] == [STATUS_OK] * len(chunks)
+    assert [r.payload for r in got] == expect
+
+
+def test_parameters_checked():
+    kernel = Crc32cKernel(1)
+    with pytest.raises(TypeError, match="kernels must be"):
+        LinkBridge(5, b"", timeout_cycles=10)
+    with pytest.raises(ValueError, match="kernel id must be from 1 to 255"):
+        LinkBridge([(0, kernel)], b"", timeout_cycles=10)
+    with pytest.raises(ValueError, match="given twice"):
+        LinkBridge([(1, kernel), (1, Crc32cKernel(1))], b"", timeout_cycles=10)
+    with pytest.raises(TypeError, match="must be a wiring.Component"):
+        LinkBridge([(1, object())], b"", timeout_cycles=10)
+    with pytest.raises(TypeError, match="manifest must be bytes"):
+        LinkBridge([], "{}", timeout_cycles=10)
+    with pytest.raises(ValueError, match="max_payload must be from 1 to 65535"):
+        LinkBridge([], b"", max_payload=0, timeout_cycles=10)
+    with pytest.raises(TypeError, match="timeout_cycles must be an integer"):
+        LinkBridge([], b"", timeout_cycles=None)
+    with pytest.raises(ValueError, match="window must be a power of two"):
+        LinkBridge([], b"", timeout_cycles=10, window=6)
+
+
+def test_bridge_without_kernels():
+    dut = LinkBridge([], b"", max_payload=16, max_response=4, timeout_cycles=50)
+    chunks = [ref_request(0, 1, opcode=OP_MANIFEST), ref_request(5, 0, b"x"),
+              ref_request(0, 2, opcode=OP_COUNTERS)]
+    got, _ = run(chunks, 3, dut=dut)
+    assert [(r.status, r.payload) for r in got[:2]] == [
+        (STATUS_OK, b"\x00\x00"), (STATUS_UNKNOWN_KERNEL, b"")]
+    assert len(got[2].payload) == 4 * len(LINK_COUNTERS) == dut.counters_size
