@@ -13,10 +13,10 @@ from collections import Counter
 from typing import Any, Protocol
 
 from . import kernels
-from .errors import DeviceError, OffloadError
+from .errors import DeviceError
 from .kernels import KernelSpec
 
-__all__ = ["Device", "Backend", "FALLBACK_POLICIES"]
+__all__ = ["Device", "Backend", "FALLBACK_POLICIES", "open_device"]
 
 log = logging.getLogger("offload")
 
@@ -160,7 +160,8 @@ for _spec in kernels.KERNELS:
     setattr(Device, _spec.name, _kernel_method(_spec))
 
 
-def open_device(spec: str = "cpu", *, fallback: str = "auto") -> Device:
+def open_device(spec: str = "cpu", *, fallback: str = "auto", baudrate: int | None = None,
+                timeout: float = 0.5, retries: int = 8) -> Device:
     """Open a device. See :func:`offload.open`."""
     if not isinstance(spec, str):
         raise TypeError(f"device spec must be a string such as 'cpu' or 'sim', not {spec!r}")
@@ -170,9 +171,69 @@ def open_device(spec: str = "cpu", *, fallback: str = "auto") -> Device:
         )
     if spec == "cpu":
         return Device("cpu", None, fallback=fallback)
+    if spec == "sim" or spec.startswith("sim:"):
+        board = spec.partition(":")[2] or "icebreaker"
+        return _open_sim(spec, board, fallback=fallback, timeout=timeout, retries=retries)
+    if spec == "auto":
+        return _open_auto(fallback=fallback, baudrate=baudrate, timeout=timeout)
+    if spec.startswith(("serial://", "socket://", "/dev/", "COM", "rfc2217://", "loop://")):
+        return _open_link(spec, fallback=fallback, baudrate=baudrate, timeout=timeout,
+                          retries=retries)
     raise DeviceError(
-        f"unknown device {spec!r}: this version of offload opens 'cpu' only"
+        f"unknown device {spec!r}: use 'cpu', 'sim' (or 'sim:BOARD'), 'auto', a serial port "
+        "such as 'serial:///dev/ttyUSB1', or 'socket://HOST:PORT'"
     )
 
 
-__all__ += ["open_device", "OffloadError"]
+def _default_baud() -> int:
+    from boards import BOARDS
+
+    rates = {board.link_baud for board in BOARDS.values()}
+    return rates.pop() if len(rates) == 1 else 115200
+
+
+def _open_link(spec: str, *, fallback: str, baudrate: int | None, timeout: float,
+               retries: int, on_close=None) -> Device:
+    from .link.driver import LinkBackend
+    from .link.transport import SerialTransport
+
+    transport = SerialTransport(spec, baudrate=baudrate or _default_baud())
+    try:
+        backend = LinkBackend(transport, timeout=timeout, retries=retries, on_close=on_close)
+    except BaseException:
+        transport.close()
+        if on_close is not None:
+            on_close()
+        raise
+    return Device(spec, backend, fallback=fallback)
+
+
+def _open_sim(spec: str, board: str, *, fallback: str, timeout: float, retries: int) -> Device:
+    from sim.virtual_board import VirtualBoard
+
+    from .gateware import device_design
+
+    design = device_design(board)
+    vboard = VirtualBoard(design.top("bytes"), f"{board.replace('-', '_')}_{design.name}")
+    vboard.start()
+    device = _open_link(vboard.url, fallback=fallback, baudrate=None, timeout=timeout,
+                        retries=retries, on_close=vboard.stop)
+    device.spec = spec
+    device.virtual_board = vboard
+    return device
+
+
+def _open_auto(*, fallback: str, baudrate: int | None, timeout: float) -> Device:
+    """The first USB serial port that answers with an offload manifest; else the CPU."""
+    from serial.tools import list_ports
+
+    for port in list_ports.comports():
+        if port.vid is None:
+            continue
+        try:
+            return _open_link(port.device, fallback=fallback, baudrate=baudrate,
+                              timeout=min(timeout, 0.2), retries=1)
+        except DeviceError as exc:
+            log.info("auto: %s is not an offload device: %s", port.device, exc)
+    log.warning("auto: no offload board found on a serial port; calls run on the CPU")
+    return Device("cpu", None, fallback=fallback)

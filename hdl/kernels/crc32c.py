@@ -22,7 +22,8 @@ from amaranth.lib.wiring import In, Out
 from ..queue import RegisterQueue, count_up_down
 from ..stream import WIDTHS, byte_stream
 
-__all__ = ["Crc32cKernel", "POLY", "INIT", "XOROUT", "crc32c_ref", "crc_matrices"]
+__all__ = ["Crc32cKernel", "POLY", "INIT", "XOROUT", "crc32c_ref", "crc_matrices", "gf2_apply",
+           "crc_byte_step"]
 
 #: CRC-32C polynomial, bit-reversed (the form that processes the least significant bit first).
 POLY = 0x82F63B78
@@ -59,8 +60,12 @@ def crc_matrices(nbytes: int) -> tuple[list[int], list[int]]:
     return rows(a_cols), rows(d_cols)
 
 
-def _gf2_apply(m: Module, x, rows: list[int], name: str):
-    """``M x`` over GF(2), each row as a parity of ``x`` under a constant-valued mask register."""
+def gf2_apply(m: Module, x, rows: list[int], name: str):
+    """``M x`` over GF(2), each row as a parity of ``x`` under a constant-valued mask register.
+
+    Bit ``i`` of ``rows[o]`` says whether bit ``i`` of ``x`` contributes to output bit ``o``.
+    See the module documentation for why the mask is a register.
+    """
     if len(x) == 0:
         return Const(0, 32)
     bits = []
@@ -69,6 +74,13 @@ def _gf2_apply(m: Module, x, rows: list[int], name: str):
         m.d.sync += mask.eq(mask)
         bits.append((x & mask).xor())
     return Cat(*bits)
+
+
+def crc_byte_step(m: Module, state, byte, name: str):
+    """The CRC-32C register after one more ``byte``: ``A state ^ D byte`` as one GF(2) map."""
+    a_rows, d_rows = crc_matrices(1)
+    return gf2_apply(m, Cat(state, byte), [a | (d << 32) for a, d in zip(a_rows, d_rows,
+                                                                        strict=True)], name)
 
 
 class Crc32cKernel(wiring.Component):
@@ -156,7 +168,7 @@ class Crc32cKernel(wiring.Component):
         n1 = Signal.like(n0, reset_less=True)
         m.d.sync += [
             v1.eq(v0), l1.eq(l0), d1.eq(d0), n1.eq(n0),
-            dd1.eq(_gf2_apply(m, d0, d_full, "dfull")),
+            dd1.eq(gf2_apply(m, d0, d_full, "dfull")),
         ]
 
         # Stage 2: the loop. A last beat hands the state to the finishing stages instead.
@@ -169,7 +181,7 @@ class Crc32cKernel(wiring.Component):
             with m.If(l1):
                 m.d.sync += [state.eq(INIT), s2.eq(state), d2.eq(d1), n2.eq(n1)]
             with m.Else():
-                m.d.sync += state.eq(_gf2_apply(m, state, a_full, "loop") ^ dd1)
+                m.d.sync += state.eq(gf2_apply(m, state, a_full, "loop") ^ dd1)
 
         # Stage 3: every possible ending, 0 to w bytes, in its two halves.
         v3, err3 = Signal(), Signal(reset_less=True)
@@ -180,8 +192,8 @@ class Crc32cKernel(wiring.Component):
         for k in range(w + 1):
             a_k, d_k = crc_matrices(k)
             m.d.sync += [
-                s_parts[k].eq(_gf2_apply(m, s2, a_k, f"fin{k}a") if k else s2),
-                d_parts[k].eq(_gf2_apply(m, d2[:8 * k], d_k, f"fin{k}d")),
+                s_parts[k].eq(gf2_apply(m, s2, a_k, f"fin{k}a") if k else s2),
+                d_parts[k].eq(gf2_apply(m, d2[:8 * k], d_k, f"fin{k}d")),
             ]
 
         # Stage 4: pick the ending the beat had (a malformed count is taken as a full beat).

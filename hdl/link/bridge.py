@@ -47,12 +47,13 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from ..kernels.crc32c import INIT, XOROUT, crc32c_ref, crc_matrices
+from ..kernels.crc32c import INIT, XOROUT, crc32c_ref, crc_byte_step
 from ..stream import WIDTHS, byte_stream
 from .cobs import CobsDecoder, CobsEncoder
 from .protocol import (
     CRC_SIZE,
     FLAG_MORE,
+    FLAG_RESPONSE,
     HEADER_SIZE,
     KERNEL_COUNTERS,
     LINK_COUNTERS,
@@ -81,19 +82,7 @@ __all__ = ["LinkBridge", "CRC_RESIDUE"]
 #: checks a frame without knowing where its CRC starts.
 CRC_RESIDUE = crc32c_ref(bytes(CRC_SIZE)) ^ XOROUT
 
-_BYTE_ROWS = crc_matrices(1)
 _STATUS_BITS = max(STATUS_NAMES).bit_length()
-
-
-def _crc_step(state, byte):
-    """The CRC-32C register after ``byte`` has gone through it: one XOR tree per bit."""
-    a_rows, d_rows = _BYTE_ROWS
-    bits = []
-    for o in range(32):
-        terms = [state[i] for i in range(32) if (a_rows[o] >> i) & 1]
-        terms += [byte[i] for i in range(8) if (d_rows[o] >> i) & 1]
-        bits.append(Cat(*terms).xor())
-    return Cat(*bits)
 
 
 class _Source(enum.Enum, shape=3):
@@ -309,7 +298,7 @@ class LinkBridge(wiring.Component):
                 byte = beat.payload.data
                 m.d.sync += [
                     r_idx.eq(Mux(r_idx == frame_max, r_idx, r_idx + 1)),
-                    r_crc.eq(_crc_step(r_crc, byte)),
+                    r_crc.eq(crc_byte_step(m, r_crc, byte, "rx_crc")),
                 ]
                 with m.Switch(r_idx):
                     with m.Case(0):
@@ -684,6 +673,7 @@ class LinkBridge(wiring.Component):
         cnt = Signal(16)
         hold = Signal(24)  # the rest of a counter whose first byte has gone, so it is not torn
         tx_byte = Signal(8)
+        tx_crc_next = crc_byte_step(m, b_crc, tx_byte, "tx_crc")
         frame_sent = Signal()
 
         in_payload = Signal()
@@ -726,13 +716,13 @@ class LinkBridge(wiring.Component):
                 m.next = "HEADER"
             with m.State("HEADER"):
                 header = Array([
-                    Const(LINK_VERSION, 8), b_kernel, b_status, Const(0, 8),
+                    Const(LINK_VERSION, 8), b_kernel, b_status, Const(FLAG_RESPONSE, 8),
                     b_seq[:8], b_seq[8:], b_length[:8], b_length[8:],
                 ])
                 m.d.comb += tx_byte.eq(header[cnt[:3]])
                 with m.If(advance):
                     emit()
-                    m.d.sync += [b_crc.eq(_crc_step(b_crc, tx_byte)), cnt.eq(cnt + 1)]
+                    m.d.sync += [b_crc.eq(tx_crc_next), cnt.eq(cnt + 1)]
                     with m.If(cnt == HEADER_SIZE - 1):
                         m.d.sync += cnt.eq(0)
                         with m.If(b_length == 0):
@@ -755,7 +745,7 @@ class LinkBridge(wiring.Component):
                         m.d.comb += tx_byte.eq(value_byte)
                 with m.If(advance):
                     emit()
-                    m.d.sync += [b_crc.eq(_crc_step(b_crc, tx_byte)), cnt.eq(cnt + 1)]
+                    m.d.sync += [b_crc.eq(tx_crc_next), cnt.eq(cnt + 1)]
                     with m.If(cnt[:2] == 0):
                         m.d.sync += hold.eq(counter_word[8:])
                     with m.Else():

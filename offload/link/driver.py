@@ -257,6 +257,28 @@ class LinkBackend:
         self._next_seq = (base + n) & 0xFFFF
         return responses  # type: ignore[return-value]
 
+    def send_raw(self, data: bytes, *, seq: int | None = None, wait: float | None = None
+                 ) -> Frame | None:
+        """Send ``data`` as it is (for diagnostics and tests); the response, or None.
+
+        ``seq`` is the sequence number of the frame in ``data``, if it is a sequenced frame
+        (use :meth:`next_seq`): the driver then waits for that response and moves past it.
+        Without it, the first response to arrive is returned.
+        """
+        self._send(data)
+        deadline = time.monotonic() + (self.timeout if wait is None else wait)
+        while (left := deadline - time.monotonic()) > 0:
+            for frame in self._receive(left):
+                if seq is None or frame.seq == seq:
+                    if seq is not None and seq == self._next_seq:
+                        self._next_seq = (seq + 1) & 0xFFFF
+                    return frame
+        return None
+
+    def next_seq(self) -> int:
+        """The sequence number the next sequenced frame will carry."""
+        return self._next_seq
+
     def run(self, spec: KernelSpec, request: bytes) -> bytes:
         """One kernel call: the request split into frames, the kernel's response joined."""
         size = self.manifest.max_payload

@@ -13,6 +13,7 @@ from hdl.kernels.crc32c import Crc32cKernel
 from hdl.link.bridge import CRC_RESIDUE, LinkBridge
 from hdl.link.protocol import (
     FLAG_MORE,
+    FLAG_RESPONSE,
     KERNEL_COUNTERS,
     LINK_COUNTERS,
     OP_COUNTERS,
@@ -173,7 +174,7 @@ def test_crc_requests(idle, backpressure):
     got, _ = run(chunks, len(cases), seed=2, idle=idle, backpressure=backpressure)
     for seq, ((kernel, payload), response) in enumerate(zip(cases, got, strict=True)):
         assert (response.version, response.kernel, response.status, response.flags,
-                response.seq) == (1, kernel, STATUS_OK, 0, seq)
+                response.seq) == (1, kernel, STATUS_OK, FLAG_RESPONSE, seq)
         assert response.payload == crc_le(payload)
 
 

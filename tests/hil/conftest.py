@@ -1,0 +1,36 @@
+"""The HIL suite runs against ``--device``: a virtual board by default, or a real board.
+
+A person with an iCEBreaker runs the same tests on it with
+``pytest tests/hil --device serial:///dev/ttyUSB1 --board icebreaker``.
+"""
+
+import pytest
+
+import offload
+from sim.toolchain import ToolchainError
+
+
+def device_spec(config) -> str:
+    spec = config.getoption("--device")
+    if spec == "sim":
+        return f"sim:{config.getoption('--board')}"
+    return spec
+
+
+def open_device(config, **kwargs):
+    try:
+        return offload.open(device_spec(config), **kwargs)
+    except ToolchainError as exc:
+        pytest.skip(f"the virtual board needs Verilator: {exc}")
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig):
+    dev = open_device(pytestconfig, fallback="never")
+    yield dev
+    dev.close()
+
+
+@pytest.fixture
+def is_virtual(pytestconfig) -> bool:
+    return pytestconfig.getoption("--device") == "sim"

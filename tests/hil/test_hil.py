@@ -1,0 +1,225 @@
+"""Hardware in the loop: every kernel call, the manifest, the counters and the link's errors,
+against ``--device`` (a virtual board unless told otherwise)."""
+
+import math
+import random
+import struct
+import time
+
+import google_crc32c
+import pytest
+from cobs import cobs
+from hypothesis import HealthCheck, given, settings
+
+import offload
+from hdl.link import protocol as p
+from offload import DeviceError, kernels
+from offload.link.codec import Frame, encode_frame
+
+from .conftest import device_spec, open_device
+from .faults import FaultyTransport
+from .strategies import ARGUMENTS
+
+HIL_SETTINGS = settings(max_examples=40, deadline=None,
+                        suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def test_every_kernel_has_a_strategy():
+    assert {spec.name for spec in kernels.KERNELS} <= set(ARGUMENTS)
+
+
+def test_manifest(device, pytestconfig):
+    manifest = device.backend.manifest
+    assert manifest.link == p.LINK_VERSION
+    assert manifest.board == pytestconfig.getoption("--board")
+    assert manifest.clock_hz > 0 and manifest.max_payload >= 64
+    for spec in kernels.KERNELS:
+        entry = manifest.kernel(spec.name)
+        assert entry is not None, f"{spec.name} missing from the manifest"
+        assert (entry["id"], entry["version"]) == (spec.id, spec.version)
+        assert entry["params"]["width"] in spec.widths
+    assert device.gateware_kernels == {spec.name for spec in kernels.KERNELS}
+
+
+@pytest.mark.parametrize("name", [spec.name for spec in kernels.KERNELS])
+def test_calls_match_the_cpu_path(device, name):
+    spec = kernels.get(name)
+
+    @HIL_SETTINGS
+    @given(ARGUMENTS[name])
+    def check(args):
+        assert device.call(name, *args) == spec.cpu(*args)
+
+    before = device.stats()["kernels"].get(name, {}).get("gateware", 0)
+    check()
+    assert device.stats()["kernels"][name]["gateware"] > before
+    assert device.stats()["fallbacks"] == 0
+
+
+def test_multi_frame_messages(device):
+    size = device.backend.manifest.max_payload
+    rng = random.Random(5)
+    for n in (size - 1, size, size + 1, 3 * size + 7):
+        data = rng.randbytes(n)
+        assert device.crc32c(data) == google_crc32c.value(data)
+
+
+def beats(message_len: int, width: int) -> int:
+    return max(1, math.ceil(message_len / width))
+
+
+def kernel_counters(device, name):
+    return device.backend.device_counters()[name]
+
+
+def test_counters_count_each_call_once(device):
+    width = device.backend.manifest.kernel("crc32c")["params"]["width"]
+    before = device.backend.device_counters()
+    messages = [bytes(range(n % 256)) * (1 + n // 256) for n in range(0, 600, 37)]
+    for message in messages:
+        device.crc32c(message)
+    after = device.backend.device_counters()
+    delta = {k: after["crc32c"][k] - before["crc32c"][k] for k in p.KERNEL_COUNTERS}
+    assert delta["beats_in"] == sum(beats(len(m), width) for m in messages)
+    assert delta["beats_out"] == len(messages) * beats(4, width)
+    assert delta["errors"] == 0
+    assert delta["busy_cycles"] >= delta["beats_in"]
+    link = {k: after["link"][k] - before["link"][k] for k in p.LINK_COUNTERS}
+    assert link["frames_in"] >= len(messages) and link["frames_out"] >= len(messages)
+
+
+def test_faults_lose_nothing_and_run_nothing_twice(device):
+    """10,000 requests, 1% of frames each way flipped, dropped, duplicated and delayed."""
+    backend = device.backend
+    width = backend.manifest.kernel("crc32c")["params"]["width"]
+    rng = random.Random(2026)
+    messages = [rng.randbytes(rng.randrange(0, 96)) for _ in range(10_000)]
+    before = backend.device_counters()
+    host_before = dict(backend.counters())
+    faulty = FaultyTransport(backend.transport, rate=0.01, seed=7)
+    backend.transport, saved_timeout = faulty, backend.timeout
+    backend.timeout = 0.05  # a lost frame is sent again after this; a late answer is a replay
+    try:
+        results = [device.crc32c(message) for message in messages]
+    finally:
+        backend.transport, backend.timeout = faulty.inner, saved_timeout
+    assert results == [google_crc32c.value(m) for m in messages]
+    after = backend.device_counters()
+    # Each request ran exactly once: the kernel saw exactly the beats of the messages.
+    assert after["crc32c"]["beats_in"] - before["crc32c"]["beats_in"] == sum(
+        beats(len(m), width) for m in messages)
+    assert after["crc32c"]["errors"] == before["crc32c"]["errors"]
+    assert min(faulty.counts.values()) > 0, faulty.counts
+    # The damage showed: the device dropped bad frames and replayed, the host sent again.
+    assert after["link"]["bad_crc"] > before["link"]["bad_crc"]
+    assert after["link"]["replays"] > before["link"]["replays"]
+    assert backend.counters()["retries"] > host_before.get("retries", 0)
+    assert device.stats()["fallbacks"] == 0
+
+
+def raw_frame(version, kernel, op, seq, payload=b"", flags=0, length=None):
+    body = struct.pack("<BBBBHH", version, kernel, op, flags, seq,
+                       len(payload) if length is None else length) + payload
+    body += google_crc32c.value(body).to_bytes(4, "little")
+    return cobs.encode(body) + b"\x00"
+
+
+@pytest.mark.parametrize("case, status", [
+    ("bad version", p.STATUS_BAD_FRAME),
+    ("length field too long", p.STATUS_BAD_FRAME),
+    ("unknown kernel", p.STATUS_UNKNOWN_KERNEL),
+    ("bad opcode", p.STATUS_BAD_OPCODE),
+    ("oversized payload", p.STATUS_TOO_LONG),
+])
+def test_bad_requests_get_their_status(device, case, status):
+    backend = device.backend
+    crc_id = kernels.get("crc32c").id
+    seq = backend.next_seq()
+    data = {
+        "bad version": lambda: raw_frame(p.LINK_VERSION + 1, crc_id, p.OP_CALL, seq, b"abc"),
+        "length field too long": lambda: raw_frame(p.LINK_VERSION, crc_id, p.OP_CALL, seq,
+                                                   b"abc", length=9),
+        "unknown kernel": lambda: raw_frame(p.LINK_VERSION, 250, p.OP_CALL, seq, b"abc"),
+        "bad opcode": lambda: raw_frame(p.LINK_VERSION, crc_id, 7, seq, b"abc"),
+        "oversized payload": lambda: raw_frame(p.LINK_VERSION, crc_id, p.OP_CALL, seq,
+                                               bytes(backend.manifest.max_payload + 1)),
+    }[case]()
+    response = backend.send_raw(data, seq=seq, wait=2.0)
+    assert response is not None, f"no answer to a frame with {case}"
+    assert response.op == status, response.status_name
+    assert response.flags & p.FLAG_RESPONSE
+    # The link goes on working, and the sequence moved past the bad frame.
+    assert device.crc32c(b"123456789") == 0xE3069283
+
+
+def test_bad_crc_is_dropped_and_counted(device):
+    backend = device.backend
+    before = backend.device_counters()["link"]["bad_crc"]
+    frame = bytearray(encode_frame(Frame(kernels.get("crc32c").id, p.OP_CALL,
+                                         backend.next_seq(), b"hello")))
+    frame[5] ^= 0x80 if frame[5] != 0x80 else 0x40  # never makes a 0x00, which would split it
+    assert backend.send_raw(bytes(frame), wait=0.5) is None
+    assert backend.device_counters()["link"]["bad_crc"] == before + 1
+    assert device.crc32c(b"hello") == google_crc32c.value(b"hello")
+
+
+def test_half_frame_is_dropped_after_silence(device):
+    backend = device.backend
+    before = backend.device_counters()["link"]["timeouts"]
+    frame = encode_frame(Frame(kernels.get("crc32c").id, p.OP_CALL, backend.next_seq(),
+                               b"0123456789" * 5))
+    assert backend.send_raw(frame[:20], wait=0.1) is None
+    # Silence: anything sent now would be taken as the rest of the half frame. An idle virtual
+    # board clocks slowly (see sim/harness/board_harness.cpp), so allow it a while.
+    time.sleep(3.0)
+    assert backend.device_counters()["link"]["timeouts"] == before + 1
+    assert device.crc32c(b"after silence") == google_crc32c.value(b"after silence")
+
+
+@pytest.fixture
+def own_virtual_board(pytestconfig, is_virtual):
+    if not is_virtual:
+        pytest.skip("pulling the plug needs a virtual board to kill (run with --device sim)")
+    opened = []
+
+    def open_(fallback):
+        dev = open_device(pytestconfig, fallback=fallback, timeout=0.2, retries=2)
+        opened.append(dev)
+        return dev
+
+    yield open_
+    for dev in opened:
+        dev.close()
+
+
+def test_killed_board_batch_completes_on_cpu(own_virtual_board):
+    dev = own_virtual_board("auto")
+    rng = random.Random(11)
+    batch = [rng.randbytes(rng.randrange(1, 300)) for _ in range(400)]
+    results = []
+    for i, message in enumerate(batch):
+        if i == 150:
+            dev.virtual_board.kill()
+        results.append(dev.crc32c(message))
+    assert results == [google_crc32c.value(m) for m in batch]
+    stats = dev.stats()["kernels"]["crc32c"]
+    assert stats["gateware"] == 150 and stats["fallback"] == 250
+
+
+def test_killed_board_raises_with_never(own_virtual_board):
+    dev = own_virtual_board("never")
+    assert dev.crc32c(b"alive") == google_crc32c.value(b"alive")
+    dev.virtual_board.kill()
+    with pytest.raises(DeviceError, match="crc32c could not run on device"):
+        dev.crc32c(b"dead")
+
+
+def test_device_spec_errors():
+    with pytest.raises(DeviceError, match="unknown device"):
+        offload.open("floppy://a")
+    with pytest.raises(ValueError, match="fallback"):
+        offload.open("cpu", fallback="sometimes")
+
+
+def test_spec_is_what_was_asked(device, pytestconfig):
+    assert device.spec == device_spec(pytestconfig)
