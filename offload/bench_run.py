@@ -1,0 +1,224 @@
+"""Running ``offload bench``: each step measured in this run, then what follows from them."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .bench import DERIVED, MEASURED, BenchReport, bench_data, measure_amaranth_sim, measure_cpu
+from .build import progress_bar
+from .errors import OffloadError
+from .gateware import board_width
+from .kernels import KernelSpec
+
+__all__ = ["run_bench", "print_report"]
+
+# Cycles the Verilator harness runs for its speed figure: long enough that process start and
+# file I/O are noise (a few hundred milliseconds at the harness's speed).
+_HARNESS_SPEED_CYCLES = 2_000_000
+_COCOTB_CYCLES = 20_000
+_AMARANTH_CYCLES = 4_000
+
+
+def run_bench(specs: Sequence[KernelSpec], *, size: int, boards: Sequence[str] | None = None,
+              device: str | None = None, console: Console | None = None) -> BenchReport:
+    """Measure ``specs`` on ``size`` bytes and project them onto ``boards`` (default: all)."""
+    from boards import BOARDS, get_board
+
+    board_names = list(boards) if boards else list(BOARDS)
+    for name in board_names:
+        get_board(name)
+    report = BenchReport()
+    data = bench_data(size)
+    steps = len(specs) * (2 + 2 * len(board_names) + 3) + (2 if device else 0)
+    with progress_bar(console) as progress:
+        task = progress.add_task("bench", total=steps)
+
+        def step(text: str) -> None:
+            progress.update(task, description=text)
+
+        def done() -> None:
+            progress.advance(task)
+
+        for spec in specs:
+            _bench_kernel(report, spec, data, board_names, step, done)
+        if device:
+            _bench_device(report, specs, data, device, step, done)
+    return report
+
+
+def _bench_kernel(report: BenchReport, spec: KernelSpec, data: bytes, board_names, step, done):
+    from boards import get_board
+
+    size = len(data)
+    expected = spec.cpu(data)
+
+    step(f"{spec.name}: CPU path")
+    seconds = measure_cpu(spec, data)
+    cpu_mbs = size / seconds / 1e6
+    report.add(spec.name, "CPU path", cpu_mbs, "MB/s", MEASURED,
+               f"{spec.cpu.__module__}.cpu on {size} bytes, best of 5 timed batches")
+    done()
+
+    widths = sorted({board_width(b, spec) for b in board_names} | {spec.default_width})
+    cycles_per_byte: dict[int, float] = {}
+    for width in widths:
+        step(f"{spec.name}: gateware at {width} B/cycle in Verilator")
+        harness = _harness(spec, width)
+        result = harness.run([data])
+        got = spec.decode(result.outputs[0])
+        if got != expected or result.errors[0]:
+            raise OffloadError(f"{spec.name} at width {width} gave {got!r} in simulation, the "
+                               f"CPU path {expected!r}: the gateware is wrong")
+        cycles_per_byte[width] = result.active_cycles / max(size, 1)
+        report.add(spec.name, f"gateware cycles per byte, {width} B/cycle",
+                   cycles_per_byte[width], "cycles/B", MEASURED,
+                   f"Verilator harness, {result.active_cycles} cycles from first beat to "
+                   f"result for {size} bytes")
+    done()
+
+    for board_name in board_names:
+        board = get_board(board_name)
+        width = board_width(board_name, spec)
+        step(f"{spec.name}: build for {board_name} (cached after the first run)")
+        build = _build(board_name, spec, width)
+        report.add(spec.name, f"fmax on {board_name}, {width} B/cycle", build.fmax_mhz, "MHz",
+                   MEASURED, f"nextpnr timing analysis of {build.bitstream.name} "
+                   f"({'cached' if build.cached else 'built now'})")
+        done()
+        kernel_mbs = build.fmax_mhz / cycles_per_byte[width]
+        report.add(spec.name, f"kernel on {board_name} at fmax", kernel_mbs, "MB/s", DERIVED,
+                   f"fmax {build.fmax_mhz:.1f} MHz / {cycles_per_byte[width]:.4f} cycles/B")
+        at_clock = board.clock_mhz / cycles_per_byte[width]
+        report.add(spec.name, f"kernel on {board_name} at its {board.clock_mhz:g} MHz clock",
+                   at_clock, "MB/s", DERIVED,
+                   f"board clock / {cycles_per_byte[width]:.4f} cycles/B")
+        link_mbs = board.link_baud / 10 / 1e6
+        report.add(spec.name, f"{board_name} link (UART {board.link_baud:,} baud, 8N1)",
+                   link_mbs, "MB/s", DERIVED, "baud / 10 bits per byte, before framing")
+        report.add(spec.name, f"CPU path / kernel on {board_name} at fmax", cpu_mbs / kernel_mbs,
+                   "x", DERIVED, "how many times faster this CPU's instruction is")
+        done()
+
+    width = spec.default_width
+    step(f"{spec.name}: simulation speeds at {width} B/cycle")
+    harness = _harness(spec, width)
+    per_message = max(1, (4096 + width - 1) // width)
+    messages = [data[:4096] or b"\x00"] * max(1, _HARNESS_SPEED_CYCLES // per_message)
+    result = harness.run(messages)
+    report.add(spec.name, f"Verilator harness speed, {width} B/cycle",
+               result.cycles_per_second, "cycles/s", MEASURED,
+               f"{result.cycles:,} cycles in {result.seconds:.3f} s (C++ loop, -O3)")
+    done()
+    cocotb_cps = _cocotb_speed(spec, width)
+    report.add(spec.name, f"cocotb + Verilator speed, {width} B/cycle", cocotb_cps, "cycles/s",
+               MEASURED, f"{_COCOTB_CYCLES:,} cycles, the testbench setting and reading ports "
+               "every cycle")
+    done()
+    cycles, seconds = measure_amaranth_sim(spec, width, _AMARANTH_CYCLES)
+    report.add(spec.name, f"Amaranth simulator speed, {width} B/cycle", cycles / seconds,
+               "cycles/s", MEASURED, f"{cycles:,} cycles in {seconds:.2f} s")
+    done()
+
+
+def _harness(spec: KernelSpec, width: int):
+    from sim.harness import StreamHarness
+
+    return StreamHarness.for_component(lambda: spec.gateware(width),
+                                       f"{spec.name}_w{width}", width)
+
+
+def _build(board_name: str, spec: KernelSpec, width: int):
+    from .build import build_kernel
+
+    return build_kernel(board_name, spec.name, width=width)
+
+
+def _cocotb_speed(spec: KernelSpec, width: int) -> float:
+    from hdl.stream import byte_layout
+    from sim.cocotb_runner import run_cocotb
+
+    layout = byte_layout(width)
+    with tempfile.TemporaryDirectory(prefix="offload-cocotb-") as tmp:
+        out = Path(tmp) / "speed.json"
+        run_cocotb(lambda: spec.gateware(width), f"{spec.name}_w{width}", "sim.cocotb_speed",
+                   Path(tmp), parameters={"width": width, "cycles": _COCOTB_CYCLES,
+                                          "nbytes_offset": layout["nbytes"].offset,
+                                          "last_offset": layout["last"].offset},
+                   extra_env={"OFFLOAD_SPEED_OUT": str(out)})
+        record = json.loads(out.read_text())
+    return record["cycles"] / record["seconds"]
+
+
+def _bench_device(report: BenchReport, specs, data: bytes, device_spec: str, step, done):
+    from .device import open_device
+
+    step(f"opening {device_spec}")
+    with open_device(device_spec, fallback="never") as device:
+        done()
+        for spec in specs:
+            if spec.name not in device.gateware_kernels:
+                report.skipped.append(f"{spec.name}: not on {device_spec}")
+                continue
+            step(f"{spec.name}: end to end on {device_spec}")
+            expected = spec.cpu(data)
+            before = dict(device.backend.counters())
+            start = time.perf_counter()
+            got = device.call(spec.name, data)
+            seconds = time.perf_counter() - start
+            after = device.backend.counters()
+            if got != expected:
+                raise OffloadError(f"{spec.name} on {device_spec} gave {got!r}, the CPU path "
+                                   f"{expected!r}")
+            report.add(spec.name, f"end to end on {device_spec}", len(data) / seconds / 1e6,
+                       "MB/s", MEASURED, f"{len(data)} bytes through the link and back, "
+                       f"{seconds:.3f} s")
+            wire = sum(after.get(k, 0) - before.get(k, 0)
+                       for k in ("wire_bytes_out", "wire_bytes_in"))
+            report.add(spec.name, f"link efficiency on {device_spec}",
+                       100 * len(data) / wire if wire else 0.0, "%", MEASURED,
+                       f"payload bytes / wire bytes both ways ({len(data)} / {wire})")
+            efficiency = _link_efficiency(device, spec, 4096)
+            report.add(spec.name, f"link efficiency, 4 KiB calls, on {device_spec}",
+                       efficiency, "%", MEASURED, "payload bytes / wire bytes both ways")
+        done()
+
+
+def _link_efficiency(device, spec: KernelSpec, size: int) -> float:
+    data = bench_data(size, seed=1)
+    before = dict(device.backend.counters())
+    for _ in range(8):
+        device.call(spec.name, data)
+    after = device.backend.counters()
+    wire = sum(after.get(k, 0) - before.get(k, 0) for k in ("wire_bytes_out", "wire_bytes_in"))
+    return 100 * 8 * size / wire
+
+
+def print_report(report: BenchReport, console: Console) -> None:
+    table = Table(title="offload bench")
+    for column, justify in (("kernel", "left"), ("what", "left"), ("value", "right"),
+                            ("unit", "left"), ("source", "left"), ("how", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for row in report.rows:
+        style = "" if row.source == MEASURED else "italic"
+        table.add_row(row.kernel, row.what, _format(row.value), row.unit,
+                      f"[{style}]{row.source}[/]" if style else row.source, row.note)
+    console.print(table)
+    console.print(f"[italic]{DERIVED}[/] figures are computed from the measured ones as shown; "
+                  "fmax is nextpnr's static timing estimate of the routed design.")
+    for line in report.skipped:
+        console.print(f"skipped: {line}")
+
+
+def _format(value: float) -> str:
+    if value >= 1e5:
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:,.1f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.2f}"

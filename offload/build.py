@@ -1,0 +1,81 @@
+"""``offload build``: a kernel's bitstream for a board, with its timing and resource report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import kernels as registry
+from .gateware import board_width, device_design
+
+__all__ = ["build_kernel", "build_device", "print_report", "progress_bar"]
+
+def build_kernel(board: str, kernel: str, *, width: int | None = None,
+                 build_dir: Path | None = None, progress: Progress | None = None):
+    """Build ``kernel`` alone between ``board``'s pins, for its fmax and resources.
+
+    Returns a ``boards.build.BuildReport``; ``progress`` shows the steps if given.
+    """
+    from boards.build import build
+    from boards.top import KernelPinTop
+
+    spec = registry.get(kernel)
+    width = board_width(board, spec, width)
+    name = f"{spec.name}_w{width}"
+    return build(board, lambda: KernelPinTop(spec.gateware(width)), name=name,
+                 build_dir=build_dir, progress=_steps(progress, f"{board}: {name}"))
+
+
+def build_device(board: str, kernel_names, *, width: int | None = None,
+                 build_dir: Path | None = None, progress: Progress | None = None):
+    """Build the device for ``board``: UART, link bridge and kernels. A BuildReport."""
+    from boards import get_board
+    from boards.build import build
+
+    design = device_design(board, kernel_names, width)
+    # Placed and routed for the board's own clock, which is what the device runs at.
+    return build(board, lambda: design.top("board"), name=design.name, build_dir=build_dir,
+                 progress=_steps(progress, f"{board}: {design.name}"),
+                 target_mhz=get_board(board).clock_mhz)
+
+
+def progress_bar(console: Console | None) -> Progress:
+    """The progress display of long steps (builds, simulations)."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def _steps(progress: Progress | None, label: str):
+    if progress is None:
+        return None
+    task = progress.add_task(label, total=4)
+
+    def step(what: str, index: int, total: int) -> None:
+        progress.update(task, completed=index, total=total, description=f"{label}: {what}")
+
+    return step
+
+
+def print_report(report, console: Console) -> None:
+    """The build report as a person reads it: fmax against the clocks, resources, files."""
+    verdict = "[green]meets[/]" if report.meets_board_clock else "[red]misses[/]"
+    cached = " (cached build)" if report.cached else ""
+    console.print(f"[bold]{report.design}[/] on [bold]{report.board}[/]{cached}")
+    console.print(
+        f"  fmax {report.fmax_mhz:.1f} MHz: {verdict} the board clock of "
+        f"{report.board_clock_mhz:g} MHz; placed and routed for {report.target_mhz:g} MHz "
+        f"({'reached' if report.meets_target else 'not reached'})"
+    )
+    table = Table(title="resources", title_justify="left")
+    for column in ("cell", "used", "available", "%"):
+        table.add_column(column, justify="right" if column != "cell" else "left")
+    for cell, (used, available) in sorted(report.resources.items()):
+        if used:
+            table.add_row(cell, str(used), str(available), f"{100 * used / available:.1f}")
+    console.print(table)
+    console.print(f"  bitstream: {report.bitstream}")
+    for what, path in report.logs.items():
+        console.print(f"  {what} log: {path}")

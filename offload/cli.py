@@ -1,0 +1,215 @@
+"""The ``offload`` command: list kernels, build bitstreams, benchmark, talk to devices."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import kernels as registry
+from .errors import OffloadError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OffloadError]
+    try:
+        from sim.toolchain import ToolchainError
+
+        errors.append(ToolchainError)
+    except ImportError:  # pragma: no cover - sim is part of the distribution
+        pass
+    try:
+        from boards import BoardError, BuildError
+
+        errors += [BoardError, BuildError]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+class OffloadGroup(click.Group):
+    """Errors a user can cause end the command with one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            sys.exit(1)
+
+
+@click.group(cls=OffloadGroup)
+@click.version_option(package_name="offload")
+def main() -> None:
+    """offload: network-service functions in FPGA gateware, called from Python."""
+
+
+@main.command("kernels")
+def kernels_cmd() -> None:
+    """List the kernels: id, version, beat widths and where each can run."""
+    from boards import BOARDS
+
+    table = Table(title="offload kernels")
+    for column in ("kernel", "id", "version", "widths (bytes/cycle)", "runs on", "what"):
+        table.add_column(column)
+    places = ["cpu", "sim", *BOARDS]
+    for spec in registry.KERNELS:
+        table.add_row(spec.name, str(spec.id), str(spec.version),
+                      ", ".join(map(str, spec.widths)), ", ".join(places), spec.summary)
+    console.print(table)
+
+
+def _kernel_names() -> list[str]:
+    return [spec.name for spec in registry.KERNELS]
+
+
+def _board_names() -> list[str]:
+    from boards import BOARDS
+
+    return list(BOARDS)
+
+
+@main.command("build")
+@click.option("--board", "board", required=True, type=click.Choice(_board_names()),
+              help="Board to build for.")
+@click.option("--kernel", "kernel_names", multiple=True, type=click.Choice(_kernel_names()),
+              help="Kernel(s) in the device (default: all).")
+@click.option("--width", type=int, default=None,
+              help="Kernel beat width in bytes (default: the board's).")
+@click.option("--kernel-only", is_flag=True,
+              help="Build one kernel alone between the pins (its own fmax), not the device.")
+@click.option("--build-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to build (default: the cache, keyed by the design's hash).")
+def build_cmd(board: str, kernel_names: tuple[str, ...], width: int | None, kernel_only: bool,
+              build_dir: Path | None) -> None:
+    """Build a bitstream and report fmax against the board clock and resource use.
+
+    By default the device: the UART link at the board's rate, the link bridge and the kernels.
+    """
+    from .build import build_device, build_kernel, print_report, progress_bar
+
+    with progress_bar(console) as progress:
+        if kernel_only:
+            if len(kernel_names) > 1:
+                raise click.UsageError("--kernel-only builds one kernel; name one --kernel")
+            kernel = kernel_names[0] if kernel_names else _kernel_names()[0]
+            report = build_kernel(board, kernel, width=width, build_dir=build_dir,
+                                  progress=progress)
+        else:
+            report = build_device(board, list(kernel_names), width=width, build_dir=build_dir,
+                                  progress=progress)
+    print_report(report, console)
+    if not kernel_only:
+        from boards import get_board
+
+        baud = get_board(board).link_baud
+        console.print(f"  link: UART at {baud:,} baud ({baud / 10 / 1e3:,.0f} kB/s before "
+                      "framing)")
+
+
+@main.command("bench")
+@click.option("--kernel", "kernel_names", multiple=True, type=click.Choice(_kernel_names()),
+              help="Kernel(s) to bench (default: all).")
+@click.option("--size", type=click.IntRange(min=1), default=1 << 20, show_default=True,
+              help="Bytes of input per call.")
+@click.option("--board", "board_names", multiple=True, type=click.Choice(_board_names()),
+              help="Boards to project onto (default: all; builds are cached).")
+@click.option("--device", "device_spec", default=None,
+              help="Also run end to end on this device ('sim', a serial port, ...).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write the rows as JSON here.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG plot here (needs matplotlib).")
+def bench_cmd(kernel_names, size, board_names, device_spec, json_path, plot_path) -> None:
+    """Measure the CPU path, the gateware in simulation, and project onto each board."""
+    from .bench import write_json, write_plot
+    from .bench_run import print_report, run_bench
+
+    specs = [registry.get(n) for n in kernel_names] or list(registry.KERNELS)
+    report = run_bench(specs, size=size, boards=list(board_names) or None, device=device_spec,
+                       console=console)
+    print_report(report, console)
+    if json_path:
+        write_json(report, json_path)
+        console.print(f"wrote {json_path}")
+    if plot_path:
+        write_plot(report, plot_path)
+        console.print(f"wrote {plot_path}")
+
+
+@main.command("ping")
+@click.argument("device_spec", metavar="DEVICE")
+@click.option("--baud", type=int, default=None, help="UART rate (default: the boards' link rate).")
+def ping_cmd(device_spec: str, baud: int | None) -> None:
+    """Open DEVICE ('sim', 'sim:BOARD', a serial port) and print its manifest."""
+    import time
+
+    from .device import open_device
+
+    start = time.perf_counter()
+    with open_device(device_spec, fallback="never", baudrate=baud) as device:
+        opened = time.perf_counter() - start
+        if device.backend is None:
+            console.print(f"{device_spec}: the CPU (no gateware)")
+            return
+        manifest = device.backend.manifest
+        start = time.perf_counter()
+        device.backend.system(0)
+        rtt = time.perf_counter() - start
+        console.print(f"[bold]{device_spec}[/]: {manifest.board}, {manifest.clock_hz / 1e6:g} MHz, "
+                      f"link v{manifest.link}, build {manifest.build}")
+        console.print(f"  max payload {manifest.max_payload} B, max response "
+                      f"{manifest.max_response} B, replay window {manifest.window}; next "
+                      f"sequence number {manifest.expected_seq}")
+        console.print(f"  opened in {opened:.2f} s, manifest round trip {rtt * 1e3:.2f} ms")
+        table = Table(title="kernels on the device")
+        for column in ("kernel", "id", "version", "params", "offload has it"):
+            table.add_column(column)
+        for entry in manifest.kernels:
+            usable = "yes" if entry.get("name") in device.gateware_kernels else "no"
+            table.add_row(str(entry.get("name")), str(entry.get("id")),
+                          str(entry.get("version")), json.dumps(entry.get("params", {})), usable)
+        console.print(table)
+
+
+@main.command("serve")
+@click.option("--board", default="icebreaker", show_default=True,
+              type=click.Choice(_board_names()), help="Board whose gateware to run.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="TCP port on 127.0.0.1 (0: any free port).")
+def serve_cmd(board: str, port: int) -> None:
+    """Run a virtual board: the board's gateware in Verilator, its link on a TCP port."""
+    from sim.virtual_board import VirtualBoard
+
+    from .gateware import device_design
+
+    design = device_design(board)
+    with console.status(f"building the {board} virtual board (cached after the first run)"):
+        vboard = VirtualBoard(design.top("bytes"), f"{board.replace('-', '_')}_{design.name}",
+                              port=port)
+    vboard.start()
+    console.print(f"virtual {board} serving on [bold]{vboard.url}[/]; "
+                  f"use offload.open('{vboard.url}'). Ctrl-C stops it.")
+    try:
+        while vboard.running:
+            time.sleep(0.5)
+        console.print("[red]the virtual board stopped[/]")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        run = vboard.stop()
+        if run is not None:
+            console.print(f"ran {run.cycles:,} cycles in {run.seconds:.1f} s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
