@@ -40,7 +40,7 @@ class RegisterQueue(wiring.Component):
     width : int
         Bits per entry.
     depth : int
-        Entries, at least 1.
+        Entries, a power of two (so the pointers wrap by themselves).
 
     Members
     -------
@@ -57,8 +57,8 @@ class RegisterQueue(wiring.Component):
     def __init__(self, width: int, depth: int):
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"RegisterQueue width must be a positive integer, not {width!r}")
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"RegisterQueue depth must be a positive integer, not {depth!r}")
+        if not isinstance(depth, int) or depth < 1 or depth & (depth - 1):
+            raise ValueError(f"RegisterQueue depth must be a power of two, not {depth!r}")
         self.width = width
         self.depth = depth
         super().__init__({
@@ -74,10 +74,6 @@ class RegisterQueue(wiring.Component):
         rp = Signal(range(self.depth))
         count = Signal(range(self.depth + 1))
 
-        def advance(pointer):
-            return pointer + 1 if self.depth & (self.depth - 1) == 0 else \
-                (pointer + 1) % self.depth
-
         write = self.w_en
         read = self.r_en & self.r_rdy
         m.d.comb += [
@@ -85,7 +81,7 @@ class RegisterQueue(wiring.Component):
             self.r_rdy.eq(count_up_down(m, count, write, read)),
         ]
         with m.If(write):
-            m.d.sync += [slots[wp].eq(self.w_data), wp.eq(advance(wp))]
+            m.d.sync += [slots[wp].eq(self.w_data), wp.eq(wp + 1)]
         with m.If(read):
-            m.d.sync += rp.eq(advance(rp))
+            m.d.sync += rp.eq(rp + 1)
         return m

@@ -15,7 +15,7 @@ Yosys sees a flip-flop whose input is its own output and folds it into a constan
 synthesised logic is the same as with a constant mask.
 """
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -120,7 +120,8 @@ class Crc32cKernel(wiring.Component):
         # Results queued: enough for one-beat messages back to back, whose slot comes back
         # LATENCY + 2 cycles after their beat was taken. Below four bytes a beat, a result's
         # several output beats are the limit anyway, and a smaller queue is faster on an iCE40.
-        self.queue_depth = self.LATENCY + 3 if width >= 4 else 4
+        # (A power of two, so the queue's pointers wrap without a comparator.)
+        self.queue_depth = 1 << (self.LATENCY + 2).bit_length() if width >= 4 else 4
         super().__init__({
             "i_stream": In(byte_stream(width)),
             "o_stream": Out(byte_stream(width)),
@@ -141,7 +142,7 @@ class Crc32cKernel(wiring.Component):
         credits = Signal(range(depth + 1), init=depth)
         accept = self.i_stream.valid & self.i_stream.ready
         taken = accept & self.i_stream.payload.last
-        given = Signal()  # a result leaves the queue
+        given = Signal()  # a result leaves the queue (see below)
         m.d.comb += self.i_stream.ready.eq(count_up_down(m, credits, given, taken))
 
         # Stage 0: register the input.
@@ -176,36 +177,43 @@ class Crc32cKernel(wiring.Component):
         v2 = Signal()
         s2, d2 = Signal(32, reset_less=True), Signal(8 * w, reset_less=True)
         n2 = Signal.like(n0, reset_less=True)
-        m.d.sync += v2.eq(v1 & l1)
+        # The mask registers are made outside any condition, so that their self-loops stay
+        # plain ``q <= q`` and the simulation harness can drop them (see sim.verilog).
+        stepped = gf2_apply(m, state, a_full, "loop") ^ dd1
+        # s2, d2 and n2 are loaded every cycle and used only when v2 says they hold a last beat:
+        # an enable on them would be a high-fanout net one LUT from the input registers.
+        m.d.sync += [v2.eq(v1 & l1), s2.eq(state), d2.eq(d1), n2.eq(n1)]
         with m.If(v1):
-            with m.If(l1):
-                m.d.sync += [state.eq(INIT), s2.eq(state), d2.eq(d1), n2.eq(n1)]
-            with m.Else():
-                m.d.sync += state.eq(gf2_apply(m, state, a_full, "loop") ^ dd1)
+            m.d.sync += state.eq(Mux(l1, INIT, stepped))
 
         # Stage 3: every possible ending, 0 to w bytes, in its two halves.
         v3, err3 = Signal(), Signal(reset_less=True)
         n3 = Signal.like(n0, reset_less=True)
         s_parts = [Signal(32, name=f"s3_{k}", reset_less=True) for k in range(w + 1)]
         d_parts = [Signal(32, name=f"d3_{k}", reset_less=True) for k in range(w + 1)]
-        m.d.sync += [v3.eq(v2), n3.eq(n2), err3.eq(n2 > w)]
+        m.d.sync += v3.eq(v2)
+        with m.If(v2):
+            m.d.sync += [n3.eq(n2), err3.eq(n2 > w)]
+        # Loaded only when a message ends: in hardware a clock enable, and in Verilator most
+        # of the kernel's XOR trees are then not evaluated on cycles in the middle of a message.
         for k in range(w + 1):
             a_k, d_k = crc_matrices(k)
-            m.d.sync += [
-                s_parts[k].eq(gf2_apply(m, s2, a_k, f"fin{k}a") if k else s2),
-                d_parts[k].eq(gf2_apply(m, d2[:8 * k], d_k, f"fin{k}d")),
-            ]
+            s_next = gf2_apply(m, s2, a_k, f"fin{k}a") if k else s2
+            d_next = gf2_apply(m, d2[:8 * k], d_k, f"fin{k}d")
+            with m.If(v2):
+                m.d.sync += [s_parts[k].eq(s_next), d_parts[k].eq(d_next)]
 
         # Stage 4: pick the ending the beat had (a malformed count is taken as a full beat).
         v4, err4 = Signal(), Signal(reset_less=True)
         crc4 = Signal(32, reset_less=True)
         m.d.sync += [v4.eq(v3), err4.eq(err3)]
-        with m.Switch(n3):
-            for k in range(w):
-                with m.Case(k):
-                    m.d.sync += crc4.eq(s_parts[k] ^ d_parts[k] ^ XOROUT)
-            with m.Default():
-                m.d.sync += crc4.eq(s_parts[w] ^ d_parts[w] ^ XOROUT)
+        with m.If(v3):
+            with m.Switch(n3):
+                for k in range(w):
+                    with m.Case(k):
+                        m.d.sync += crc4.eq(s_parts[k] ^ d_parts[k] ^ XOROUT)
+                with m.Default():
+                    m.d.sync += crc4.eq(s_parts[w] ^ d_parts[w] ^ XOROUT)
 
         m.d.comb += [
             queue.w_en.eq(v4),
@@ -223,34 +231,42 @@ class Crc32cKernel(wiring.Component):
         s_left = Signal(range(beats), reset_less=True)
         if beats == 1:
             load = queue.r_rdy & (~s_valid | o.ready)
+            shift = Const(0)
+            s_valid_next = queue.r_rdy | (s_valid & ~o.ready)
         else:
             # Several beats a result: the register loads only once empty, which costs one idle
-            # output cycle per result but keeps ``o.ready`` out of the load decision, and so
-            # the enable of every shift-register bit one LUT from flip-flops (on an iCE40 the
-            # eager form was the slowest path). Only a stream of messages shorter than their
-            # responses, whose output is the bottleneck anyway, sees the gap.
+            # output cycle per result but keeps ``o.ready`` out of the load decision. Each
+            # control flip-flop below is then one LUT of four flip-flop outputs and o.ready (on
+            # an iCE40 the eager form, with enables built from enables, was the slowest path).
+            # Only messages shorter than their responses, whose output is the bottleneck
+            # anyway, see the gap.
             load = queue.r_rdy & ~s_valid
+            shift = s_valid & o.ready & ~s_last
+            s_valid_next = Mux(s_valid, ~(o.ready & s_last), queue.r_rdy)
         m.d.comb += [
             queue.r_en.eq(load),
-            given.eq(load),
             o.valid.eq(s_valid),
             o.payload.data.eq(s_data[:8 * w] if w < 4 else s_data),
             o.payload.nbytes.eq(min(w, 4)),
             o.payload.last.eq(s_last),
             o.payload.error.eq(s_error & s_last),
         ]
+        m.d.sync += s_valid.eq(s_valid_next)
+        if beats == 1:
+            m.d.comb += given.eq(load)
+        else:
+            # A cycle late, so that the credit count's enable is one LUT from flip-flops and
+            # the input handshake (an iCE40 path); the output, not credits, limits these widths.
+            m.d.sync += given.eq(load)
         with m.If(load):
             m.d.sync += [
-                s_valid.eq(1), s_data.eq(queue.r_data[:32]), s_error.eq(queue.r_data[32]),
+                s_data.eq(queue.r_data[:32]), s_error.eq(queue.r_data[32]),
                 s_last.eq(beats == 1), s_left.eq(beats - 1),
             ]
-        with m.Elif(o.valid & o.ready):
-            with m.If(s_last):
-                m.d.sync += s_valid.eq(0)
-            with m.Else():
-                m.d.sync += [
-                    s_data.eq(s_data >> (8 * w)), s_left.eq(s_left - 1), s_last.eq(s_left == 1),
-                ]
+        with m.Elif(shift):
+            m.d.sync += [
+                s_data.eq(s_data >> (8 * w)), s_left.eq(s_left - 1), s_last.eq(s_left == 1),
+            ]
 
         return m
 
