@@ -17,7 +17,7 @@ from amaranth.lib import wiring
 
 from .build import SimulationError, build_model
 from .harness import HARNESS_FLAGS, verilator_name
-from .verilog import module_ports, to_verilog
+from .verilog import module_ports, remove_self_loops, to_verilog
 
 __all__ = ["VirtualBoard", "BoardRun"]
 
@@ -45,7 +45,8 @@ class BoardRun:
 
 def build_virtual_board(top: wiring.Component, name: str) -> Path:
     """Build (or take from the cache) the virtual-board executable of ``top``."""
-    verilog = to_verilog(top, name)
+    # Without the constant-mask registers' self-loops, which Verilator would copy every cycle.
+    verilog, _ = remove_self_loops(to_verilog(top, name))
     missing = {"clk", "rst", *_PORTS.values()} - set(module_ports(verilog, name))
     if missing:
         raise TypeError(

@@ -37,6 +37,11 @@
 #include "board_ports.h"
 #include "verilated.h"
 
+// As in stream_harness.cpp: the model's evaluation without Vtop::eval()'s housekeeping (two
+// mutexes a call), declared weak so that a Verilator without it falls back to eval().
+class Vtop___024root;
+void Vtop___024root___eval(Vtop___024root* vlSelf) __attribute__((weak));
+
 namespace {
 
 constexpr int kResetCycles = 4;
@@ -64,11 +69,19 @@ struct Board {
         top->eval();
     }
 
+    void eval() {
+        if (Vtop___024root___eval) {
+            Vtop___024root___eval(top->rootp);
+        } else {
+            top->eval();
+        }
+    }
+
     void tick() {
         top->clk = 1;
-        top->eval();
+        eval();
         top->clk = 0;
-        top->eval();
+        eval();
         cycles++;
     }
 };
@@ -154,12 +167,16 @@ int main(int argc, char** argv) {
         // Clock the gateware.
         int cycles = idle ? kIdleSlice : kBusyPollCycles;
         Vtop* top = board.top.get();
+        // Two evaluations a cycle, not three: the ports read here were settled by the previous
+        // cycle's second evaluation. That holds because the link bridge's i_bytes.ready and
+        // o_bytes.valid/payload come from its registers, not from this cycle's i_bytes.valid,
+        // payload or o_bytes.ready (a top where they did would need a settling eval() here).
+        // Dropping the third evaluation made the virtual board about a quarter faster.
         for (int i = 0; i < cycles; i++) {
             bool have = rx_head != rx_tail;
             top->I_VALID = have;
             if (have) top->I_PAYLOAD = rx[rx_head];
             top->O_READY = 1;
-            top->eval();  // settle combinational ready/valid before the edge
             bool took = have && top->I_READY;
             bool gave = top->O_VALID;
             uint8_t out = static_cast<uint8_t>(top->O_PAYLOAD);
