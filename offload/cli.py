@@ -14,8 +14,9 @@ from rich.table import Table
 from . import kernels as registry
 from .errors import OffloadError
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, files) gets room for the bench table instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

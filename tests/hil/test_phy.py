@@ -1,0 +1,25 @@
+"""The device top at pin level under Verilator: UART PHY and link at the board's baud divisor."""
+
+import pytest
+
+from offload.gateware import device_design
+from sim.toolchain import ToolchainError, verilator_root
+
+
+@pytest.mark.parametrize("board", ["icebreaker", "ulx3s-85f"])
+def test_uart_phy_and_link_at_board_rate(board, tmp_path):
+    pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
+    try:
+        verilator_root()
+    except ToolchainError as exc:
+        pytest.skip(f"Verilator is not available: {exc}")
+    from boards import get_board
+    from sim.cocotb_runner import run_cocotb
+
+    design = device_design(board)
+    top = design.top("pins")
+    spec = get_board(board)
+    assert top.divisor == round(spec.clock_hz / spec.link_baud)  # the real board's divisor
+    result = run_cocotb(top, f"{board.replace('-', '_')}_pins", "tests.hil.cocotb_phy",
+                        tmp_path, parameters={"divisor": top.divisor}, timeout_s=600)
+    assert result.tests == 1 and result.skipped == 0
