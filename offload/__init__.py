@@ -8,7 +8,7 @@
 
 from .device import Device  # noqa: A001  (offload.open is the API)
 from .device import open_device as open
-from .errors import BuildError, DeviceError, KernelNotFound, OffloadError
+from .errors import DeviceError, KernelNotFound, OffloadError
 
-__all__ = ["open", "Device", "OffloadError", "DeviceError", "KernelNotFound", "BuildError"]
+__all__ = ["open", "Device", "OffloadError", "DeviceError", "KernelNotFound"]
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """Exceptions a user can cause. Each message says what to do; tracebacks are for our bugs."""
 
-__all__ = ["OffloadError", "DeviceError", "KernelNotFound", "BuildError"]
+__all__ = ["OffloadError", "DeviceError", "KernelNotFound"]
 
 
 class OffloadError(Exception):
@@ -16,7 +16,3 @@ class KernelNotFound(OffloadError, KeyError):
 
 class DeviceError(OffloadError):
     """A device could not be opened or a call could not run on it (and fallback is off)."""
-
-
-class BuildError(OffloadError):
-    """A bitstream or simulation model could not be built."""
