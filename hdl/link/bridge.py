@@ -635,6 +635,7 @@ class LinkBridge(wiring.Component):
                 o.ready.eq(Mux(selected, collect_ready, ~in_msg[k])),
             ]
             ctr = kernel_ctr[k]
+            m.d.comb += ctr["open_message"].eq(in_msg[k])
             with m.If(in_msg[k]):
                 m.d.sync += ctr["busy_cycles"].eq(ctr["busy_cycles"] + 1)
             with m.If(i.valid & i.ready):

@@ -105,4 +105,8 @@ STATUS_NAMES = {
 #: Link-wide counters, in the order OP_COUNTERS reports them.
 LINK_COUNTERS = ("frames_in", "bad_crc", "timeouts", "replays", "out_of_sequence", "frames_out")
 #: Counters kept for each kernel, in the order OP_COUNTERS reports them.
-KERNEL_COUNTERS = ("busy_cycles", "beats_in", "beats_out", "errors")
+#: ``open_message`` is 1 while a kernel's message is open: a FLAG_MORE frame has been taken and
+#: the frame that ends the message has not. A host that opens a device and finds one open (its
+#: predecessor died mid-message) ends it with an empty final frame and drops the response, so
+#: that its own first call is not appended to the stranger's bytes.
+KERNEL_COUNTERS = ("busy_cycles", "beats_in", "beats_out", "errors", "open_message")

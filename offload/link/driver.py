@@ -102,6 +102,18 @@ class LinkBackend:
         self._next_seq = self.manifest.expected_seq
         self.window = max(1, min(self.manifest.window, p.REPLAY_WINDOW))
         self.kernels = self._usable_kernels()
+        self._close_open_messages()
+
+    def _close_open_messages(self) -> None:
+        # A host that died in the middle of a multi-frame message left it open; the next call
+        # to that kernel would be appended to it. End it, and drop what the kernel answers.
+        counters = self.device_counters()
+        for entry in self.manifest.kernels:
+            if counters.get(entry["name"], {}).get("open_message"):
+                log.warning("%s: %s had a message left open by an earlier host; ending it",
+                            self.transport.name, entry["name"])
+                self.exchange(entry["id"], [b""], [0])
+                self._counts["messages_closed"] += 1
 
     def _usable_kernels(self) -> frozenset[str]:
         from .. import kernels as registry

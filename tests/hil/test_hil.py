@@ -223,3 +223,17 @@ def test_device_spec_errors():
 
 def test_spec_is_what_was_asked(device, pytestconfig):
     assert device.spec == device_spec(pytestconfig)
+
+
+def test_message_left_open_by_a_dead_host_is_ended(own_virtual_board):
+    from offload.device import Device
+    from offload.link.driver import LinkBackend
+
+    dev = own_virtual_board("never")
+    crc_id = kernels.get("crc32c").id
+    dev.backend.exchange(crc_id, [b"half of a message"], [p.FLAG_MORE])  # and then it dies
+    assert dev.backend.device_counters()["crc32c"]["open_message"] == 1
+    successor = LinkBackend(dev.backend.transport, timeout=0.5)
+    assert successor.counters()["messages_closed"] == 1
+    assert Device("successor", successor, fallback="never").crc32c(b"123456789") == 0xE3069283
+    assert successor.device_counters()["crc32c"]["open_message"] == 0

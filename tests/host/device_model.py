@@ -61,6 +61,12 @@ class DeviceModel:
             if frame.op == p.OP_MANIFEST:
                 payload = self.expected.to_bytes(2, "little") + self.manifest
                 return encode_response(0, p.STATUS_OK, frame.seq, payload)
+            if frame.op == p.OP_COUNTERS:
+                values = [0] * len(p.LINK_COUNTERS)
+                for kernel_id in self.kernels:
+                    values += [0] * (len(p.KERNEL_COUNTERS) - 1) + [kernel_id in self.pending]
+                return encode_response(0, p.STATUS_OK, frame.seq,
+                                       struct.pack(f"<{len(values)}I", *values))
             return encode_response(0, p.STATUS_BAD_OPCODE, frame.seq, b"")
         behind = (self.expected - frame.seq) & 0xFFFF
         if 1 <= behind <= self.window and frame.seq in self.kept:

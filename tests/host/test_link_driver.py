@@ -135,3 +135,13 @@ def test_error_statuses_raise(status):
                                                          "max_payload": 64})
         responses = backend.exchange(CRC.id, [b"x" * 40], [0])
     assert responses[0].op == status
+
+
+def test_message_left_open_by_a_dead_host_is_ended():
+    model = crc_device()
+    first = LinkBackend(ModelTransport(model))
+    first.exchange(CRC.id, [b"half of a message"], [p.FLAG_MORE])  # and then it dies
+    second = LinkBackend(ModelTransport(model))
+    assert second.counters()["messages_closed"] == 1
+    dev = Device("model", second, fallback="never")
+    assert dev.crc32c(b"123456789") == 0xE3069283

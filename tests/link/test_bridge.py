@@ -205,14 +205,15 @@ def test_counters():
     assert link == dict(frames_in=4, bad_crc=0, timeouts=0, replays=0, out_of_sequence=0,
                         frames_out=3)
     assert {k: v for k, v in kernels[CRC1].items() if k != "busy_cycles"} == dict(
-        beats_in=5, beats_out=4, errors=0)
+        beats_in=5, beats_out=4, errors=0, open_message=0)
     assert {k: v for k, v in kernels[CRC4].items() if k != "busy_cycles"} == dict(
-        beats_in=3, beats_out=1, errors=0)
+        beats_in=3, beats_out=1, errors=0, open_message=0)
     assert {k: v for k, v in kernels[ECHO].items() if k != "busy_cycles"} == dict(
-        beats_in=2, beats_out=2, errors=1)
+        beats_in=2, beats_out=2, errors=1, open_message=0)
     # A kernel is busy from its first beat to its response's last, at a beat per cycle.
     assert 5 + 4 <= kernels[CRC1]["busy_cycles"] <= 5 + 4 + Crc32cKernel.LATENCY + 10
-    assert kernels[STUCK] == dict(busy_cycles=0, beats_in=0, beats_out=0, errors=0)
+    assert kernels[STUCK] == dict(busy_cycles=0, beats_in=0, beats_out=0, errors=0,
+                                  open_message=0)
 
 
 def test_bad_frames_dropped_and_counted():
@@ -440,3 +441,19 @@ def test_bridge_without_kernels():
     assert [(r.status, r.payload) for r in got[:2]] == [
         (STATUS_OK, b"\x00\x00"), (STATUS_UNKNOWN_KERNEL, b"")]
     assert len(got[2].payload) == 4 * len(LINK_COUNTERS) == dut.counters_size
+
+
+def test_open_message_counter():
+    chunks = [
+        ref_request(CRC1, 0, b"part", flags=FLAG_MORE),
+        200,  # system frames are answered at once: let the call run first
+        counters_request(),
+        400,  # and counters are read as they are sent: let them go before the next call
+        ref_request(CRC1, 1, b"rest"),
+        200,
+        counters_request(),
+    ]
+    got, _ = run(chunks, 4)
+    assert parse_counters(got[1].payload)[1][CRC1]["open_message"] == 1
+    assert parse_counters(got[3].payload)[1][CRC1]["open_message"] == 0
+    assert got[2].payload == crc_le(b"partrest")
