@@ -11,11 +11,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hdl.link import protocol as p
+
 from .bench import DERIVED, MEASURED, BenchReport, bench_data, measure_amaranth_sim, measure_cpu
 from .build import progress_bar
 from .errors import OffloadError
 from .gateware import board_width
 from .kernels import KernelSpec
+from .link.codec import wire_size
 
 __all__ = ["run_bench", "print_report"]
 
@@ -77,6 +80,7 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, data: bytes, board_name
             raise OffloadError(f"{spec.name} at width {width} gave {got!r} in simulation, the "
                                f"CPU path {expected!r}: the gateware is wrong")
         cycles_per_byte[width] = result.active_cycles / max(size, 1)
+        response_len = len(result.outputs[0])
         report.add(spec.name, f"gateware cycles per byte, {width} B/cycle",
                    cycles_per_byte[width], "cycles/B", MEASURED,
                    f"Verilator harness, {result.active_cycles} cycles from first beat to "
@@ -102,6 +106,20 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, data: bytes, board_name
         link_mbs = board.link_baud / 10 / 1e6
         report.add(spec.name, f"{board_name} link (UART {board.link_baud:,} baud, 8N1)",
                    link_mbs, "MB/s", DERIVED, "baud / 10 bits per byte, before framing")
+        # What a call through the board would see: frames of the largest payload on the link,
+        # and the round trip of a small call (both ways on the wire, plus the kernel).
+        framing = p.MAX_PAYLOAD / wire_size(p.MAX_PAYLOAD)
+        report.add(spec.name, f"end to end on {board_name} (link-bound)",
+                   min(link_mbs * framing, at_clock), "MB/s", DERIVED,
+                   f"link x {100 * framing:.1f}% framing efficiency at {p.MAX_PAYLOAD} B "
+                   "frames (COBS, header, CRC), capped by the kernel at the board clock")
+        small = 64
+        wire = wire_size(len(spec.encode(data[:small]))) + wire_size(response_len)
+        kernel_cycles = small * cycles_per_byte[width] + 16
+        report.add(spec.name, f"{small}-byte call round trip on {board_name}",
+                   1e6 * (wire * 10 / board.link_baud + kernel_cycles / board.clock_hz), "us",
+                   DERIVED, f"{wire} wire bytes at {board.link_baud:,} baud + ~{kernel_cycles:.0f}"
+                   f" kernel cycles at {board.clock_mhz:g} MHz")
         report.add(spec.name, f"CPU path / kernel on {board_name} at fmax", cpu_mbs / kernel_mbs,
                    "x", DERIVED, "how many times faster this CPU's instruction is")
         done()
@@ -221,4 +239,4 @@ def _format(value: float) -> str:
         return f"{value:,.0f}"
     if value >= 100:
         return f"{value:,.1f}"
-    return f"{value:.3g}" if value < 10 else f"{value:.2f}"
+    return f"{value:#.3g}" if value < 10 else f"{value:.2f}"
