@@ -112,6 +112,8 @@ class Crc32cKernel(wiring.Component):
     LATENCY = 5
 
     def __init__(self, width: int = 4):
+        # An object whose construction failed was never meant to be used: no warning for it.
+        self._MustUse__silence = True
         if not isinstance(width, int) or isinstance(width, bool):
             raise TypeError(f"Crc32cKernel width must be an integer, not {width!r}")
         if width not in WIDTHS:
@@ -129,6 +131,7 @@ class Crc32cKernel(wiring.Component):
         round_trip = self.LATENCY + (2 if beats <= 1 else 3)
         per_result = 1 if beats <= 1 else beats + 1
         self.queue_depth = 1 << (-(-round_trip // per_result) - 1).bit_length()
+        self._MustUse__silence = False
         super().__init__({
             "i_stream": In(byte_stream(width)),
             "o_stream": Out(byte_stream(width)),
