@@ -68,3 +68,29 @@ def test_bench_json_rows(verilator, tmp_path):
     for sim in ("Verilator harness", "cocotb + Verilator", "Amaranth simulator"):
         row = next(r for r in rows if r["what"].startswith(sim))
         assert row["source"] == "measured" and row["unit"] == "cycles/s" and row["value"] > 0
+
+
+def test_serve_runs_a_virtual_board_that_a_device_url_reaches(verilator):
+    import re
+    import subprocess
+    import sys
+
+    import offload
+
+    command = [sys.executable, "-m", "offload.cli", "serve", "--board", "icebreaker"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        url = None
+        for line in server.stdout:
+            found = re.search(r"socket://127\.0\.0\.1:\d+", line)
+            if found:
+                url = found.group(0)
+                break
+        assert url, "offload serve never said where it serves"
+        with offload.open(url, fallback="never") as dev:
+            assert dev.backend.manifest.board == "icebreaker"
+            assert dev.crc32c(b"123456789") == 0xE3069283
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
