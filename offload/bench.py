@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,15 +54,9 @@ class BenchReport:
         self.rows.append(row)
         return row
 
-    def value(self, kernel: str, what: str) -> float | None:
-        for row in self.rows:
-            if row.kernel == kernel and row.what == what:
-                return row.value
-        return None
-
     def to_json(self) -> dict[str, Any]:
         return {
-            "rows": [{k: v for k, v in asdict(row).items()} for row in self.rows],
+            "rows": [asdict(row) for row in self.rows],
             "skipped": self.skipped,
         }
 
@@ -175,6 +169,3 @@ def write_plot(report: BenchReport, path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-def rows_for(report: BenchReport, kernel: str) -> Iterable[Row]:
-    return (row for row in report.rows if row.kernel == kernel)
