@@ -212,5 +212,31 @@ def serve_cmd(board: str, port: int) -> None:
             console.print(f"ran {run.cycles:,} cycles in {run.seconds:.1f} s")
 
 
+@main.command("cache")
+@click.option("--clear", is_flag=True, help="Delete every cached build.")
+def cache_cmd(clear: bool) -> None:
+    """Show (or clear) the build cache: Verilator models and bitstreams, keyed by design."""
+    import shutil
+
+    from sim.toolchain import cache_dir
+
+    root = cache_dir()
+    table = Table(title=f"build cache: {root}")
+    for column, justify in (("kind", "left"), ("builds", "right"), ("MB", "right")):
+        table.add_column(column, justify=justify)
+    for kind in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        folders = [p for p in (root / kind).iterdir() if p.is_dir()]
+        size = sum(f.stat().st_size for p in folders for f in p.rglob("*") if f.is_file())
+        table.add_row(kind, str(len(folders)), f"{size / 1e6:,.1f}")
+    console.print(table)
+    if clear:
+        for child in root.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        console.print("cleared; the next build or simulation starts from scratch")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

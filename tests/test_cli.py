@@ -94,3 +94,13 @@ def test_serve_runs_a_virtual_board_that_a_device_url_reaches(verilator):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_cache_lists_and_clears(tmp_path, monkeypatch):
+    monkeypatch.setenv("OFFLOAD_CACHE_DIR", str(tmp_path))
+    (tmp_path / "verilator" / "model-a").mkdir(parents=True)
+    (tmp_path / "verilator" / "model-a" / "model").write_bytes(bytes(2_000_000))
+    result = run("cache")
+    assert result.exit_code == 0 and "verilator" in result.output and "2.0" in result.output
+    result = run("cache", "--clear")
+    assert result.exit_code == 0 and not any(tmp_path.iterdir())
