@@ -31,7 +31,8 @@ from pathlib import Path
 from . import toolchain
 
 __all__ = [
-    "SimulationError", "STAMP", "build_model", "build_once", "model_folder", "verilator_version",
+    "SimulationError", "STAMP", "build_failed", "build_model", "build_once", "log_tail",
+    "model_folder", "verilator_version",
 ]
 
 #: Written into a build folder after everything else, as the mark of a complete build.
@@ -89,12 +90,24 @@ def _status(message: str) -> Iterator[None]:
         yield
 
 
-def _log_tail(log: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def log_tail(log: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of ``log``, for an error message."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         return "(no log was written)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def build_failed(folder: Path, log: Path, what: str) -> SimulationError:
+    """The error of a failed build into ``folder``: its log is kept beside the cache folder
+    (the temporary build folder is about to be removed) and its end is quoted."""
+    kept = folder.parent / f"{folder.name}.failed.log"
+    with contextlib.suppress(OSError):
+        shutil.copyfile(log, kept)
+    return SimulationError(
+        f"{what}. The end of its log (all of it is in {kept}):\n{log_tail(log)}"
+    )
 
 
 def build_once(folder: Path, build: Callable[[Path], None], *, what: str = "model") -> Path:
@@ -286,12 +299,7 @@ def build_model(
         log = tmp / "build.log"
         status = _run_verilator(command, tmp, log)
         if status != 0 or not (tmp / top).is_file():
-            kept = folder.parent / f"{folder.name}.failed.log"
-            with contextlib.suppress(OSError):
-                shutil.copyfile(log, kept)
-            raise SimulationError(
-                f"Verilator could not build {top!r} ({kind}); it exited with status {status}. "
-                f"The end of its log (all of it is in {kept}):\n{_log_tail(log)}"
-            )
+            raise build_failed(folder, log, f"Verilator could not build {top!r} ({kind}); it "
+                                            f"exited with status {status}")
 
     return build_once(folder, build, what=f"{top} ({kind})")

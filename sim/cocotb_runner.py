@@ -30,7 +30,7 @@ from xml.etree import ElementTree
 from amaranth.lib import wiring
 
 from . import toolchain
-from .build import SimulationError, build_once, verilator_version
+from .build import SimulationError, build_failed, build_once, log_tail, verilator_version
 from .verilog import to_verilog
 
 __all__ = ["COCOTB_BUILD_ARGS", "CocotbResult", "run_cocotb"]
@@ -106,13 +106,6 @@ def _verilator_environ(**extra: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log was written)"
-
-
 def _cocotb_version() -> str:
     try:
         return importlib.metadata.version("cocotb")
@@ -145,13 +138,8 @@ def _build(verilog: str, name: str, build_args: Sequence[str]) -> Path:
                     build_args=list(build_args), timescale=_TIMESCALE, log_file=log,
                 )
             except (RuntimeError, SystemExit) as exc:
-                kept = folder.parent / f"{folder.name}.failed.log"
-                with contextlib.suppress(OSError):
-                    shutil.copyfile(log, kept)
-                raise SimulationError(
-                    f"Verilator could not build the cocotb model of {name!r} ({exc}). "
-                    f"The end of its log (all of it is in {kept}):\n{_tail(log)}"
-                ) from None
+                raise build_failed(folder, log, f"Verilator could not build the cocotb model "
+                                                f"of {name!r} ({exc})") from None
 
     return build_once(folder, build, what=f"{name} (cocotb)")
 
@@ -289,12 +277,12 @@ def run_cocotb(
     if timeout_s is not None and elapsed >= timeout_s:
         raise SimulationError(
             f"The cocotb simulation of {name!r} with {test_module} timed out after "
-            f"{timeout_s:g} s. The end of its log ({log}):\n{_tail(log)}"
+            f"{timeout_s:g} s. The end of its log ({log}):\n{log_tail(log, _LOG_TAIL_LINES)}"
         )
     if not results.is_file():
         raise SimulationError(
             f"The cocotb simulation of {name!r} with {test_module} ended abnormally ({status}) "
-            f"and wrote no results. The end of its log ({log}):\n{_tail(log)}"
+            f"and wrote no results. The end of its log ({log}):\n{log_tail(log, _LOG_TAIL_LINES)}"
         )
     tests, skipped, failures, sim_ns, wall = _read_results(results)
     if failures or status not in (0, None):

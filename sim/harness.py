@@ -36,7 +36,8 @@ from .build import SimulationError, build_model, model_folder
 from .verilog import module_ports, remove_self_loops, to_verilog
 
 __all__ = [
-    "HARNESS_FLAGS", "HarnessResult", "StreamHarness", "stream_layout_header", "verilator_name",
+    "HARNESS_FLAGS", "HarnessResult", "StreamHarness", "harness_sources", "stream_layout_header",
+    "verilator_name",
 ]
 
 # Kernels compute GF(2) products as parities of masked words, which Verilator turns into
@@ -345,15 +346,21 @@ def _recipe(
             f"Module {name!r} lacks the port(s) {sorted(missing)}; a component with no "
             "synchronous logic has no clk/rst and cannot be clocked by the harness"
         )
-    source = resources.files(__package__).joinpath("harness", _HARNESS_SOURCE).read_text()
     recipe = dict(
         verilog=verilog, top=name, kind="stream", flags=tuple(flags),
         extra_sources=[
-            (_HARNESS_SOURCE, source),
+            *harness_sources(_HARNESS_SOURCE),
             ("stream_layout.h", stream_layout_header(in_layout, out_layout)),
         ],
     )
     return recipe, in_width
+
+
+def harness_sources(main: str) -> list[tuple[str, str]]:
+    """``(name, text)`` of the C++ harness ``main`` in ``sim/harness/`` and the headers that
+    every harness shares, for :func:`sim.build.build_model`'s ``extra_sources``."""
+    folder = resources.files(__package__).joinpath("harness")
+    return [(name, folder.joinpath(name).read_text()) for name in (main, "fast_eval.h")]
 
 
 def _parse_output(raw: bytes) -> HarnessResult:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import subprocess
 import threading
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from amaranth.lib import wiring
 
 from .build import SimulationError, build_model
-from .harness import HARNESS_FLAGS, verilator_name
+from .harness import HARNESS_FLAGS, harness_sources, verilator_name
 from .verilog import module_ports, remove_self_loops, to_verilog
 
 __all__ = ["VirtualBoard", "BoardRun"]
@@ -55,9 +54,8 @@ def build_virtual_board(top: wiring.Component, name: str) -> Path:
         )
     header = "#pragma once\n" + "".join(
         f"#define {macro} {verilator_name(port)}\n" for macro, port in _PORTS.items())
-    source = resources.files(__package__).joinpath("harness", _SOURCE).read_text()
     folder = build_model(verilog, name, kind="board", flags=HARNESS_FLAGS,
-                         extra_sources=[(_SOURCE, source), ("board_ports.h", header)])
+                         extra_sources=[*harness_sources(_SOURCE), ("board_ports.h", header)])
     return folder / name
 
 

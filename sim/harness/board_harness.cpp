@@ -35,12 +35,8 @@
 
 #include "Vtop.h"
 #include "board_ports.h"
+#include "fast_eval.h"
 #include "verilated.h"
-
-// As in stream_harness.cpp: the model's evaluation without Vtop::eval()'s housekeeping (two
-// mutexes a call), declared weak so that a Verilator without it falls back to eval().
-class Vtop___024root;
-void Vtop___024root___eval(Vtop___024root* vlSelf) __attribute__((weak));
 
 namespace {
 
@@ -69,19 +65,11 @@ struct Board {
         top->eval();
     }
 
-    void eval() {
-        if (Vtop___024root___eval) {
-            Vtop___024root___eval(top->rootp);
-        } else {
-            top->eval();
-        }
-    }
-
     void tick() {
         top->clk = 1;
-        eval();
+        fast_eval(top.get());
         top->clk = 0;
-        eval();
+        fast_eval(top.get());
         cycles++;
     }
 };

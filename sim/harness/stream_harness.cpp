@@ -29,17 +29,10 @@
 #include <vector>
 
 #include "Vtop.h"
+#include "fast_eval.h"
 #include "stream_layout.h"
 #include "verilated.h"
 
-// Vtop::eval() wraps the model's evaluation in housekeeping for features Amaranth designs do not
-// use: it deletes garbage of SystemVerilog class objects and serves messages from other model
-// threads, and the mutexes that takes were a fifth of the run time of the CRC kernel.
-// The evaluation itself is this function of the root instance, internal to Verilator (5.x), so
-// it is declared weak: should a Verilator not have it, the address is null and the harness
-// falls back to eval().
-class Vtop___024root;
-void Vtop___024root___eval(Vtop___024root* vlSelf) __attribute__((weak));
 
 static_assert(IN_DATA_BITS <= 64 && OUT_DATA_BITS <= 64, "beats of more than 8 bytes");
 static_assert(IN_PAYLOAD_BITS <= 128 && OUT_PAYLOAD_BITS <= 128, "payloads over 128 bits");
@@ -175,16 +168,8 @@ int main(int argc, char** argv) {
     bool accepted_any = false;
 
     // eval() has run (in the reset above), so the model's one-time initialisation is done.
-    Vtop___024root* const root = top->rootp;
     Vtop* const model = top.get();
-    void (*const root_eval)(Vtop___024root*) = Vtop___024root___eval;
-    auto eval = [root, model, root_eval] {
-        if (root_eval) {
-            root_eval(root);
-        } else {
-            model->eval();
-        }
-    };
+    auto eval = [model] { fast_eval(model); };
 
     // CPU time as well as wall time: on a shared machine the wall time includes the time the
     // process waited for a core, and the CPU time gives the speed the model itself runs at.
