@@ -188,14 +188,10 @@ def ping_cmd(device_spec: str, baud: int | None) -> None:
               help="TCP port on 127.0.0.1 (0: any free port).")
 def serve_cmd(board: str, port: int) -> None:
     """Run a virtual board: the board's gateware in Verilator, its link on a TCP port."""
-    from sim.virtual_board import VirtualBoard
-
     from .gateware import device_design
 
-    design = device_design(board)
     with console.status(f"building the {board} virtual board (cached after the first run)"):
-        vboard = VirtualBoard(design.top("bytes"), f"{board.replace('-', '_')}_{design.name}",
-                              port=port)
+        vboard = device_design(board).virtual_board(port=port)
     vboard.start()
     console.print(f"virtual {board} serving on [bold]{vboard.url}[/]; "
                   f"use offload.open('{vboard.url}'). Ctrl-C stops it.")

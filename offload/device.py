@@ -59,6 +59,8 @@ class Device:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._logged: set[tuple[str, str]] = set()
         self._closed = False
+        #: The virtual board this device started (``offload.open("sim")``), else None.
+        self.virtual_board = None
 
     # -- what it has -------------------------------------------------------------------------
 
@@ -192,12 +194,12 @@ def _default_baud() -> int:
     return rates.pop() if len(rates) == 1 else 115200
 
 
-def _open_link(spec: str, *, fallback: str, baudrate: int | None, timeout: float,
-               retries: int, on_close=None) -> Device:
+def _open_link(url: str, *, fallback: str, baudrate: int | None, timeout: float,
+               retries: int, spec: str | None = None, on_close=None) -> Device:
     from .link.driver import LinkBackend
     from .link.transport import SerialTransport
 
-    transport = SerialTransport(spec, baudrate=baudrate or _default_baud())
+    transport = SerialTransport(url, baudrate=baudrate or _default_baud())
     try:
         backend = LinkBackend(transport, timeout=timeout, retries=retries, on_close=on_close)
     except BaseException:
@@ -205,20 +207,15 @@ def _open_link(spec: str, *, fallback: str, baudrate: int | None, timeout: float
         if on_close is not None:
             on_close()
         raise
-    return Device(spec, backend, fallback=fallback)
+    return Device(spec or url, backend, fallback=fallback)
 
 
 def _open_sim(spec: str, board: str, *, fallback: str, timeout: float, retries: int) -> Device:
-    from sim.virtual_board import VirtualBoard
-
     from .gateware import device_design
 
-    design = device_design(board)
-    vboard = VirtualBoard(design.top("bytes"), f"{board.replace('-', '_')}_{design.name}")
-    vboard.start()
+    vboard = device_design(board).virtual_board().start()
     device = _open_link(vboard.url, fallback=fallback, baudrate=None, timeout=timeout,
-                        retries=retries, on_close=vboard.stop)
-    device.spec = spec
+                        retries=retries, spec=spec, on_close=vboard.stop)
     device.virtual_board = vboard
     return device
 

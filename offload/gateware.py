@@ -64,6 +64,17 @@ class DeviceDesign:
         body["build"] = build
         return json.dumps(body, separators=(",", ":")).encode()
 
+    def module_name(self, mode: str = "board") -> str:
+        """The top's module name in ``mode``; also names its builds in the cache."""
+        name = f"{self.board.replace('-', '_')}_{self.name}"
+        return name if mode == "board" else f"{name}_{mode}"
+
+    def virtual_board(self, port: int = 0):
+        """A (not yet started) :class:`sim.virtual_board.VirtualBoard` of this design."""
+        from sim.virtual_board import VirtualBoard
+
+        return VirtualBoard(self.top("bytes"), self.module_name("bytes"), port=port)
+
     def top(self, mode: str = "board"):
         """The :class:`boards.link_top.LinkTop` of this design in ``mode``."""
         from boards import get_board

@@ -20,6 +20,6 @@ def test_uart_phy_and_link_at_board_rate(board, tmp_path):
     top = design.top("pins")
     spec = get_board(board)
     assert top.divisor == round(spec.clock_hz / spec.link_baud)  # the real board's divisor
-    result = run_cocotb(top, f"{board.replace('-', '_')}_pins", "tests.hil.cocotb_phy",
-                        tmp_path, parameters={"divisor": top.divisor}, timeout_s=600)
+    result = run_cocotb(top, design.module_name("pins"), "tests.hil.cocotb_phy", tmp_path,
+                        parameters={"divisor": top.divisor}, timeout_s=600)
     assert result.tests == 1 and result.skipped == 0
