@@ -50,7 +50,8 @@ def test_ping_sim_prints_the_manifest(verilator):
 def test_bench_json_rows(verilator, tmp_path):
     pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
     out = tmp_path / "bench.json"
-    result = run("bench", "--size", "65536", "--board", "icebreaker", "--json", str(out))
+    result = run("bench", "--size", "65536", "--board", "icebreaker", "--device", "sim",
+                 "--json", str(out))
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(set(row) >= {"kernel", "what", "value", "unit", "source"}
@@ -65,6 +66,10 @@ def test_bench_json_rows(verilator, tmp_path):
     assert projected["source"] == "derived"
     assert projected["value"] == pytest.approx(fmax["value"] / cycles["value"])
     assert 1.0 <= cycles["value"] < 1.01  # one byte a cycle, plus the pipeline's latency
+    assert by_what["end to end on sim"]["source"] == "measured"
+    # Efficiency is a ratio of byte counts, not a timing: frames of 1 KiB carry 12 bytes of
+    # header and CRC, COBS adds one in 254, and a 16-byte response comes back per call.
+    assert 95 < by_what["link efficiency, 4 KiB calls, on sim"]["value"] < 100
     for sim in ("Verilator harness", "cocotb + Verilator", "Amaranth simulator"):
         row = next(r for r in rows if r["what"].startswith(sim))
         assert row["source"] == "measured" and row["unit"] == "cycles/s" and row["value"] > 0

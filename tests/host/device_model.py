@@ -10,20 +10,12 @@ import json
 import struct
 from collections.abc import Callable
 
-import google_crc32c
-from cobs import cobs
-
 from hdl.link import protocol as p
-from offload.link.codec import FrameError, FrameSplitter, decode_frame
-
-_HEADER = struct.Struct("<BBBBHH")
+from offload.link.codec import Frame, FrameError, FrameSplitter, decode_frame, encode_frame
 
 
 def encode_response(kernel: int, status: int, seq: int, payload: bytes) -> bytes:
-    body = _HEADER.pack(p.LINK_VERSION, kernel, status, p.FLAG_RESPONSE, seq, len(payload))
-    body += payload
-    body += google_crc32c.value(body).to_bytes(4, "little")
-    return cobs.encode(body) + b"\x00"
+    return encode_frame(Frame(kernel, status, seq, payload, p.FLAG_RESPONSE))
 
 
 class DeviceModel:
