@@ -78,12 +78,13 @@ class Device:
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run kernel ``name`` on ``args``; ``device.<name>(...)`` is the same call."""
         spec = kernels.get(name)
-        request = spec.encode(*args, **kwargs)  # checks the arguments before anything runs
         if self._closed:
             raise DeviceError(f"device {self.spec!r} is closed")
         if self._backend is None:
+            result = spec.cpu(*args, **kwargs)  # the CPU path checks its own arguments
             self._counts[(name, "cpu")] += 1
-            return spec.cpu(*args, **kwargs)
+            return result
+        request = spec.encode(*args, **kwargs)  # checks the arguments before anything is sent
         if name not in self._backend.kernels:
             return self._fall_back(spec, args, kwargs, "the device has no such kernel")
         try:
