@@ -1,4 +1,4 @@
-"""The offload link protocol, version 1: the constants both ends share.
+"""The offload link protocol, version 2: the constants and rules both ends share.
 
 One byte stream runs each way, the same over a board's UART and a virtual board's TCP socket.
 Frames are COBS-encoded and each ends with one 0x00 byte. A decoded frame is::
@@ -8,10 +8,10 @@ Frames are COBS-encoded and each ends with one 0x00 byte. A decoded frame is::
     1       1     kernel id (0 is the system kernel)
     2       1     request: opcode; response: status
     3       1     flags (request: FLAG_MORE; response: FLAG_RESPONSE)
-    4       2     sequence number, little-endian
-    6       2     payload length, little-endian
-    8       n     payload
-    8+n     4     CRC-32C of bytes 0 .. 8+n-1, little-endian
+    4       4     sequence number, little-endian (32 bits)
+    8       2     payload length, little-endian
+    10      n     payload
+    10+n    4     CRC-32C of bytes 0 .. 10+n-1, little-endian
 
 Every response has FLAG_RESPONSE set, so that a line that echoes (a loopback, a terminal
 program left in echo mode) is never taken for a device answering.
@@ -21,15 +21,17 @@ Rules the device keeps:
 * A frame whose CRC is wrong, or that is shorter than a header and a CRC, is dropped and
   counted; it gets no answer (its sequence number cannot be trusted). The host retries.
 * A half-received frame is dropped after a period of silence on the line.
-* Frames to the system kernel (id 0) are stateless reads: they are answered at once, their
-  sequence number echoed, and they do not take part in sequencing.
+* Frames to the system kernel (id 0) do not take part in sequencing: they are answered at once,
+  their sequence number (the host's nonce) echoed. OP_MANIFEST and OP_COUNTERS only read;
+  OP_SYNC moves the expected sequence number forward (see below).
 * Every other good frame is sequenced. The device expects sequence numbers in order, starting
   from the one the manifest reports. A frame with the expected number is executed and answered
   with exactly one response, which the device also keeps in a replay window of REPLAY_WINDOW
   slots; the expected number then advances. A frame whose number is among the last
-  REPLAY_WINDOW executed gets the kept response again and is not executed twice. Any other
-  number is answered with STATUS_OUT_OF_SEQUENCE, whose payload is the expected number
-  (u16 LE), and is not executed: the host goes back and resends from there.
+  REPLAY_WINDOW executed (since the last OP_SYNC) gets the kept response again and is not
+  executed twice. Any other number is answered with STATUS_OUT_OF_SEQUENCE, whose payload is
+  the expected number (u32 LE), and is not executed: the host goes back and resends from there.
+  Distances between numbers are taken modulo 2**32.
 * A request with FLAG_MORE carries part of a kernel message: its payload is passed to the kernel
   without ending the message, and its response is an empty STATUS_OK. The response to the frame
   that ends the message carries the kernel's response.
@@ -43,34 +45,72 @@ Rules the device keeps:
   disagrees with the frame), STATUS_UNKNOWN_KERNEL, STATUS_BAD_OPCODE, STATUS_TOO_LONG (payload
   over the device's max_payload; the frame is still checked and answered) and
   STATUS_KERNEL_ERROR (the kernel raised its error flag; the payload is its response).
+* OP_SYNC's payload is a target sequence number T (u32 LE; a shorter payload is
+  STATUS_BAD_FRAME). If T is ahead of the expected number E (0 < T - E < 2**31, modulo 2**32)
+  the device sets E to T and forgets its replay window; otherwise (a duplicate or a stale sync)
+  nothing changes. Either way the payload of the answer is E afterwards (u32 LE). A sync leaves
+  a kernel's open message open.
+* STATUS_BUSY is not the gateware's: the end of a transport that one host already holds (a
+  virtual board's TCP port) answers another host with one unsequenced system-kernel frame of
+  that status, whose payload says so in UTF-8, and closes the connection.
+
+Rules the host keeps, so that no call is ever answered with another request's response:
+
+* A sequence number names one request frame. The host never sends two different frames under
+  the same number, and it keeps fewer than SYNC_GAP frames in flight.
+* When it opens a device, and after any exchange that failed or was abandoned (responses lost
+  past the retry budget, the connection cut, an OUT_OF_SEQUENCE it cannot place, a response it
+  cannot decode), the host resynchronises before its next call: it reads the manifest (expected
+  number E) and sends OP_SYNC with T = max(E + SYNC_GAP, highest number it has sent + 1). No
+  frame numbered below T is executed after that, so a stale frame still on the line (delayed,
+  duplicated, or resent by a host that died) is never executed in place of a new one, and a
+  stale response can never be matched to a new request. A sync answered with anything but T is
+  a failed resynchronisation. The host then reads the counters and ends any message left open
+  (OP_CALL with an empty final frame, whose response it drops), so that its next call is not
+  appended to the bytes of an abandoned one.
+* A response is accepted only if its kernel is the request's and its sequence number is one of
+  the current exchange's (for a system request: the nonce of the request). Everything else is
+  counted as stale and dropped.
+* An exchange spans fewer than 2**31 frames, so that numbers never wrap inside one; a message
+  has no other limit.
+* Retrying a frame is always safe: the device answers a frame it has run from its replay window.
+  The host retries a whole *call* only when the kernel is stateless (running it twice gives the
+  same answer and changes nothing).
 
 System kernel opcodes:
 
-* OP_MANIFEST: the payload is the expected sequence number (u16 LE) followed by the manifest
-  as compact JSON (UTF-8): ``{"link": 1, "board": str, "clock_hz": int, "build": str,
+* OP_MANIFEST: the payload is the expected sequence number (u32 LE) followed by the manifest
+  as compact JSON (UTF-8): ``{"link": 2, "board": str, "clock_hz": int, "build": str,
   "max_payload": int, "max_response": int, "window": int,
   "kernels": [{"name": str, "id": int, "version": int, "params": {...}}, ...]}``.
 * OP_COUNTERS: the payload is u32 LE counters: first the LINK_COUNTERS, then for each kernel in
   manifest order the KERNEL_COUNTERS.
+* OP_SYNC: see above.
 """
 
 __all__ = [
-    "LINK_VERSION", "HEADER_SIZE", "CRC_SIZE", "FLAG_MORE", "FLAG_RESPONSE", "REPLAY_WINDOW",
+    "LINK_VERSION", "HEADER_SIZE", "CRC_SIZE", "SEQ_BITS", "SEQ_MASK", "FLAG_MORE", "FLAG_RESPONSE",
+    "REPLAY_WINDOW", "SYNC_GAP",
     "MAX_PAYLOAD", "MAX_RESPONSE", "SYSTEM_KERNEL_ID",
-    "OP_CALL", "OP_MANIFEST", "OP_COUNTERS",
+    "OP_CALL", "OP_MANIFEST", "OP_COUNTERS", "OP_SYNC",
     "STATUS_OK", "STATUS_BAD_FRAME", "STATUS_UNKNOWN_KERNEL", "STATUS_KERNEL_ERROR",
-    "STATUS_TOO_LONG", "STATUS_BAD_OPCODE", "STATUS_OUT_OF_SEQUENCE", "STATUS_NAMES",
+    "STATUS_TOO_LONG", "STATUS_BAD_OPCODE", "STATUS_OUT_OF_SEQUENCE", "STATUS_BUSY", "STATUS_NAMES",
     "LINK_COUNTERS", "KERNEL_COUNTERS",
 ]
 
-LINK_VERSION = 1
-HEADER_SIZE = 8
+LINK_VERSION = 2
+HEADER_SIZE = 10
 CRC_SIZE = 4
 FLAG_MORE = 0x01
 FLAG_RESPONSE = 0x80
 
+SEQ_BITS = 32
+SEQ_MASK = (1 << SEQ_BITS) - 1
+
 #: Responses the device keeps for replay; the host keeps at most this many frames in flight.
 REPLAY_WINDOW = 8
+#: How far past the expected number a host resynchronises (see the host's rules above).
+SYNC_GAP = 1 << 16
 #: Default largest request payload a device takes in one frame.
 MAX_PAYLOAD = 1024
 #: Default largest kernel response a device sends in one frame (and keeps for replay).
@@ -82,6 +122,7 @@ SYSTEM_KERNEL_ID = 0
 OP_CALL = 0
 OP_MANIFEST = 0
 OP_COUNTERS = 1
+OP_SYNC = 2
 
 # Response status.
 STATUS_OK = 0
@@ -91,6 +132,7 @@ STATUS_KERNEL_ERROR = 3
 STATUS_TOO_LONG = 4
 STATUS_BAD_OPCODE = 5
 STATUS_OUT_OF_SEQUENCE = 6
+STATUS_BUSY = 7
 
 STATUS_NAMES = {
     STATUS_OK: "ok",
@@ -100,6 +142,7 @@ STATUS_NAMES = {
     STATUS_TOO_LONG: "too long",
     STATUS_BAD_OPCODE: "bad opcode",
     STATUS_OUT_OF_SEQUENCE: "out of sequence",
+    STATUS_BUSY: "busy: another host holds the device",
 }
 
 #: Link-wide counters, in the order OP_COUNTERS reports them.

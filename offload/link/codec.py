@@ -12,7 +12,7 @@ from hdl.link import protocol as p
 
 __all__ = ["Frame", "FrameError", "encode_frame", "decode_frame", "FrameSplitter", "wire_size"]
 
-_HEADER = struct.Struct("<BBBBHH")
+_HEADER = struct.Struct("<BBBBIH")
 assert _HEADER.size == p.HEADER_SIZE
 
 
@@ -39,7 +39,7 @@ class Frame:
 def encode_frame(frame: Frame) -> bytes:
     """The bytes on the wire for ``frame``: COBS of header, payload and CRC, then 0x00."""
     body = _HEADER.pack(frame.version, frame.kernel, frame.op, frame.flags,
-                        frame.seq & 0xFFFF, len(frame.payload)) + frame.payload
+                        frame.seq & p.SEQ_MASK, len(frame.payload)) + frame.payload
     body += google_crc32c.value(body).to_bytes(4, "little")
     return cobs.encode(body) + b"\x00"
 
