@@ -4,11 +4,16 @@ A device has a *backend* that runs kernels in gateware (a board or a virtual boa
 link) or none at all (``"cpu"``). A call goes to the backend when the backend has the kernel;
 otherwise, or when the backend fails, the fallback policy decides: ``"auto"`` runs the CPU path,
 counts it and logs the cause once; ``"never"`` raises :class:`DeviceError`.
+
+A call never returns a result that differs from the CPU path's: the link below resynchronises
+after any failed exchange, so a response is only ever matched to its own request, and a response
+that cannot be decoded is treated as a failed exchange, never passed on.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from typing import Any, Protocol
 
@@ -16,7 +21,7 @@ from . import kernels
 from .errors import DeviceError
 from .kernels import KernelSpec
 
-__all__ = ["Device", "Backend", "FALLBACK_POLICIES", "open_device"]
+__all__ = ["Device", "Backend", "FALLBACK_POLICIES", "open_device", "check_spec"]
 
 log = logging.getLogger("offload")
 
@@ -37,6 +42,9 @@ class Backend(Protocol):
 
     def counters(self) -> dict[str, Any]: ...
 
+    def invalidate(self, reason: str) -> None:
+        """Distrust the link after a response that could not be decoded."""
+
     def close(self) -> None: ...
 
 
@@ -45,6 +53,12 @@ class Device:
 
     Every kernel in :data:`offload.kernels.KERNELS` is a method of the device, for example
     ``device.crc32c(data)``.
+
+    A device is safe to share between threads. Calls that go to the gateware are serialised
+    (one exchange at a time on the link, each call answered with its own response); calls on
+    the CPU path run concurrently. A device whose link failed is tried again on later calls:
+    the link reconnects and resynchronises, backing off while the device stays away, and
+    :meth:`stats` counts the reconnects.
     """
 
     def __init__(self, spec: str, backend: Backend | None = None, *, fallback: str = "auto"):
@@ -58,6 +72,7 @@ class Device:
         self._backend = backend
         self._counts: Counter[tuple[str, str]] = Counter()
         self._logged: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()  # guards the counts (the backend serialises its calls)
         self._closed = False
         #: The virtual board this device started (``offload.open("sim")``), else None.
         self.virtual_board = None
@@ -82,43 +97,62 @@ class Device:
             raise DeviceError(f"device {self.spec!r} is closed")
         if self._backend is None:
             result = spec.cpu(*args, **kwargs)  # the CPU path checks its own arguments
-            self._counts[(name, "cpu")] += 1
+            self._count(name, "cpu")
             return result
         request = spec.encode(*args, **kwargs)  # checks the arguments before anything is sent
         if name not in self._backend.kernels:
             return self._fall_back(spec, args, kwargs, "the device has no such kernel")
         try:
             response = self._backend.run(spec, request)
+            try:
+                result = spec.decode(response)
+            except ValueError as exc:
+                # The frame was intact (CRC) but the answer is not one this kernel gives:
+                # never pass it on, and distrust the link until it is resynchronised.
+                self._backend.invalidate(f"{name} answered something it cannot: {exc}")
+                raise DeviceError(f"{name} on {self.spec!r} gave a malformed response: "
+                                  f"{exc}") from exc
         except DeviceError as exc:
             return self._fall_back(spec, args, kwargs, str(exc), exc)
-        self._counts[(name, "gateware")] += 1
-        return spec.decode(response)
+        self._count(name, "gateware")
+        return result
+
+    def _count(self, name: str, where: str) -> None:
+        with self._lock:
+            self._counts[(name, where)] += 1
 
     def _fall_back(self, spec: KernelSpec, args, kwargs, cause: str,
                    exc: Exception | None = None) -> Any:
         if self.fallback == "never":
+            self._count(spec.name, "errors")
             raise DeviceError(
                 f"{spec.name} could not run on device {self.spec!r}: {cause} "
                 "(open the device with fallback='auto' to run it on the CPU instead)"
             ) from exc
         key = (spec.name, cause)
-        if key not in self._logged:
+        with self._lock:
+            first = key not in self._logged
             self._logged.add(key)
+        if first:
             log.warning("%s on %s runs on the CPU: %s", spec.name, self.spec, cause)
-        self._counts[(spec.name, "fallback")] += 1
+        self._count(spec.name, "fallback")
         return spec.cpu(*args, **kwargs)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """What ran where: per kernel, calls in gateware, on the CPU by choice, and fallbacks.
+        """What ran where: per kernel, calls in gateware, on the CPU by choice, fallbacks, and
+        errors (calls that raised because the device failed and fallback was off).
 
-        On a linked device the link's own figures (retries, timeouts, ...) are under ``link``.
+        On a linked device the link's own figures (retries, timeouts, resyncs, reconnects, and
+        whether it is ``ready``) are under ``link``.
         """
         per_kernel = {}
+        with self._lock:
+            counts = dict(self._counts)
         for spec in kernels.KERNELS:
-            row = {where: self._counts[(spec.name, where)]
-                   for where in ("gateware", "cpu", "fallback")}
+            row = {where: counts.get((spec.name, where), 0)
+                   for where in ("gateware", "cpu", "fallback", "errors")}
             if any(row.values()):
                 per_kernel[spec.name] = row
         result: dict[str, Any] = {
@@ -126,6 +160,7 @@ class Device:
             "fallback_policy": self.fallback,
             "kernels": per_kernel,
             "fallbacks": sum(row["fallback"] for row in per_kernel.values()),
+            "errors": sum(row["errors"] for row in per_kernel.values()),
         }
         if self._backend is not None:
             result["link"] = self._backend.counters()
@@ -163,15 +198,37 @@ for _spec in kernels.KERNELS:
     setattr(Device, _spec.name, _kernel_method(_spec))
 
 
+_LINK_PREFIXES = ("serial://", "socket://", "/dev/", "COM", "rfc2217://", "loop://")
+
+
+def check_spec(spec: object) -> None:
+    """Raise :class:`DeviceError` unless ``spec`` is a device spec :func:`open_device` takes.
+
+    Cheap: it opens nothing, so a command checks its ``--device`` before long work starts.
+    """
+    if not isinstance(spec, str):
+        raise DeviceError(f"a device spec is a string such as 'cpu' or 'sim', not {spec!r}")
+    if spec in ("cpu", "sim", "auto") or spec.startswith(_LINK_PREFIXES):
+        return
+    if spec.startswith("sim:"):
+        from boards import get_board
+
+        get_board(spec.partition(":")[2])  # raises BoardError naming the boards there are
+        return
+    raise DeviceError(
+        f"unknown device {spec!r}: use 'cpu', 'sim' (or 'sim:BOARD'), 'auto', a serial port "
+        "such as 'serial:///dev/ttyUSB1', or 'socket://HOST:PORT'"
+    )
+
+
 def open_device(spec: str = "cpu", *, fallback: str = "auto", baudrate: int | None = None,
                 timeout: float = 0.5, retries: int = 8) -> Device:
     """Open a device. See :func:`offload.open`."""
-    if not isinstance(spec, str):
-        raise TypeError(f"device spec must be a string such as 'cpu' or 'sim', not {spec!r}")
     if fallback not in FALLBACK_POLICIES:
         raise ValueError(
             f"fallback must be one of {', '.join(map(repr, FALLBACK_POLICIES))}, not {fallback!r}"
         )
+    check_spec(spec)
     if spec == "cpu":
         return Device("cpu", None, fallback=fallback)
     if spec == "sim" or spec.startswith("sim:"):
@@ -179,13 +236,8 @@ def open_device(spec: str = "cpu", *, fallback: str = "auto", baudrate: int | No
         return _open_sim(spec, board, fallback=fallback, timeout=timeout, retries=retries)
     if spec == "auto":
         return _open_auto(fallback=fallback, baudrate=baudrate, timeout=timeout)
-    if spec.startswith(("serial://", "socket://", "/dev/", "COM", "rfc2217://", "loop://")):
-        return _open_link(spec, fallback=fallback, baudrate=baudrate, timeout=timeout,
-                          retries=retries)
-    raise DeviceError(
-        f"unknown device {spec!r}: use 'cpu', 'sim' (or 'sim:BOARD'), 'auto', a serial port "
-        "such as 'serial:///dev/ttyUSB1', or 'socket://HOST:PORT'"
-    )
+    return _open_link(spec, fallback=fallback, baudrate=baudrate, timeout=timeout,
+                      retries=retries)
 
 
 def _default_baud() -> int:

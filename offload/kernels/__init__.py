@@ -44,6 +44,9 @@ class KernelSpec:
         A call's arguments to request bytes; response bytes to the call's result.
     summary : str
         One line for the kernel list.
+    stateful : bool
+        Whether a call changes state that lives where the kernel runs. A stateful call is
+        never run twice: not retried after a failed exchange (whether it ran is unknown).
     """
 
     name: str
@@ -56,6 +59,7 @@ class KernelSpec:
     decode: Callable[[bytes], Any]
     summary: str
     default_width: int = field(default=4)
+    stateful: bool = False
 
 
 KERNELS: tuple[KernelSpec, ...] = (

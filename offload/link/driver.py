@@ -1,16 +1,22 @@
-"""The host end of the link: sequenced frames, several in flight, retries, the manifest.
+"""The host end of the link: sequenced frames, several in flight, retries, resynchronisation.
 
 The same driver talks to a real board over its UART and to a virtual board over TCP; only the
-transport underneath differs.
+transport underneath differs. It keeps the host's rules of :mod:`hdl.link.protocol`: after any
+failed exchange it resynchronises before the next call (so no call is ever answered with an
+earlier request's response), it reconnects to a device that went away, and it backs off from
+one that stays away so that a dead board costs a caller little.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import struct
+import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +27,20 @@ from ..kernels import KernelSpec
 from .codec import Frame, FrameError, FrameSplitter, decode_frame, encode_frame
 from .transport import Transport
 
-__all__ = ["Manifest", "LinkBackend"]
+__all__ = ["Manifest", "LinkBackend", "LinkFailure"]
 
 log = logging.getLogger("offload.link")
+
+
+class LinkFailure(DeviceError):
+    """An exchange that failed in a way that leaves the link's sequencing unknown (no answer
+    within the retry budget, the connection gone, an answer that cannot be placed): the next
+    call resynchronises first."""
+
+
+def _ahead(a: int, b: int) -> bool:
+    """Whether sequence number ``a`` is ahead of ``b`` (modulo 2**32, as the device compares)."""
+    return 0 < (a - b) & p.SEQ_MASK < 1 << (p.SEQ_BITS - 1)
 
 
 @dataclass(frozen=True)
@@ -43,12 +60,12 @@ class Manifest:
 
     @classmethod
     def parse(cls, payload: bytes) -> Manifest:
-        if len(payload) < 2:
+        if len(payload) < 4:
             raise DeviceError("the device's manifest is empty")
         try:
-            doc = json.loads(payload[2:].decode("utf-8"))
+            doc = json.loads(payload[4:].decode("utf-8"))
             return cls(
-                expected_seq=int.from_bytes(payload[:2], "little"),
+                expected_seq=int.from_bytes(payload[:4], "little"),
                 link=int(doc["link"]), board=str(doc["board"]), clock_hz=int(doc["clock_hz"]),
                 build=str(doc["build"]), max_payload=int(doc["max_payload"]),
                 max_response=int(doc["max_response"]), window=int(doc["window"]),
@@ -67,6 +84,8 @@ class Manifest:
 class LinkBackend:
     """Runs kernels on a device at the other end of ``transport``.
 
+    Safe to share between threads: calls are serialised (one exchange at a time on the link).
+
     Parameters
     ----------
     transport : Transport
@@ -74,44 +93,89 @@ class LinkBackend:
     timeout : float
         Seconds to wait for a response before sending the frame again.
     retries : int
-        How many times one frame is sent again before the call fails.
+        How many times one frame is sent again before the exchange fails.
     on_close : callable, optional
         Called after the transport is closed (a virtual board uses it to stop).
+    backoff : (float, float)
+        After a failed attempt to reach the device again, later calls fail at once (and fall
+        back, where policy allows) for the first figure in seconds, doubling after each further
+        failed attempt up to the second. The first attempt after a failure is made at once.
     """
 
     def __init__(self, transport: Transport, *, timeout: float = 0.5, retries: int = 8,
-                 on_close=None):
+                 on_close=None, backoff: tuple[float, float] = (0.25, 4.0)):
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         if retries < 0:
             raise ValueError(f"retries must be at least 0, not {retries!r}")
+        if not 0 < backoff[0] <= backoff[1]:
+            raise ValueError(f"backoff must be (first, most) with 0 < first <= most, not "
+                             f"{backoff!r}")
         self.transport = transport
         self.timeout = timeout
         self.retries = retries
         self._on_close = on_close
+        self._backoff_range = backoff
+        self._lock = threading.RLock()
         self._splitter = FrameSplitter()
         self._counts: Counter[str] = Counter()
-        self._system_seq = 0
-        self._dead: str | None = None
-        self.manifest = Manifest.parse(self.system(p.OP_MANIFEST))
-        if self.manifest.link != p.LINK_VERSION:
+        # System requests carry a nonce; starting at random makes a stale answer from another
+        # host's earlier session (bytes left in a UART's buffers) all but impossible to match.
+        self._nonce = random.getrandbits(p.SEQ_BITS)
+        self._next_seq = 0
+        self._max_sent: int | None = None  # highest sequence number this host has sent
+        self._closed = False
+        self._transport_dead: str | None = None  # why the transport failed, until reopened
+        self._ready = False  # sequencing known: the next exchange may start
+        self._cause = ""  # why the link is not ready
+        self._backoff = 0.0
+        self._next_attempt = 0.0
+        self.manifest = self._read_manifest()
+        self._resync(self.manifest)
+
+    # -- connection state --------------------------------------------------------------------
+
+    def _read_manifest(self) -> Manifest:
+        manifest = Manifest.parse(self.system(p.OP_MANIFEST))
+        if manifest.link != p.LINK_VERSION:
             raise DeviceError(
-                f"{transport.name} speaks link version {self.manifest.link}; this offload "
+                f"{self.transport.name} speaks link version {manifest.link}; this offload "
                 f"speaks {p.LINK_VERSION}: rebuild the bitstream or update offload"
             )
-        self._next_seq = self.manifest.expected_seq
-        self.window = max(1, min(self.manifest.window, p.REPLAY_WINDOW))
+        return manifest
+
+    def _resync(self, manifest: Manifest | None = None) -> None:
+        """Make the device's sequencing and the host's one again (see protocol.py's rules)."""
+        if manifest is None:
+            manifest = self._read_manifest()
+        if manifest.build != self.manifest.build or manifest.kernels != self.manifest.kernels:
+            log.warning("%s: the device is now build %s (was %s)", self.transport.name,
+                        manifest.build, self.manifest.build)
+        self.manifest = manifest
+        self.window = max(1, min(manifest.window, p.REPLAY_WINDOW))
         self.kernels = self._usable_kernels()
+        target = (manifest.expected_seq + p.SYNC_GAP) & p.SEQ_MASK
+        if self._max_sent is not None and _ahead(self._max_sent + 1, target):
+            target = (self._max_sent + 1) & p.SEQ_MASK
+        answer = self.system(p.OP_SYNC, target.to_bytes(4, "little"))
+        now = int.from_bytes(answer[:4], "little")
+        if len(answer) < 4 or now != target:
+            raise LinkFailure(f"{self.transport.name} did not take the sequence number "
+                              f"{target} (it expects {now}): another host may be using it")
+        self._next_seq = target
+        self._counts["resyncs"] += 1
+        self._ready = True  # in step: the exchanges that end open messages may run
         self._close_open_messages()
 
     def _close_open_messages(self) -> None:
-        # A host that died in the middle of a multi-frame message left it open; the next call
-        # to that kernel would be appended to it. End it, and drop what the kernel answers.
+        # An abandoned multi-frame message (this host's, or a host that died) is still open on
+        # the device; the next call to that kernel would be appended to it. End it, and drop
+        # what the kernel answers.
         counters = self.device_counters()
         for entry in self.manifest.kernels:
             if counters.get(entry["name"], {}).get("open_message"):
-                log.warning("%s: %s had a message left open by an earlier host; ending it",
-                            self.transport.name, entry["name"])
+                log.info("%s: %s had a message left open; ending it", self.transport.name,
+                         entry["name"])
                 self.exchange(entry["id"], [b""], [0])
                 self._counts["messages_closed"] += 1
 
@@ -132,25 +196,69 @@ class LinkBackend:
                             entry.get("id"), entry.get("version"), spec.id, spec.version)
         return frozenset(usable)
 
+    def _fail(self, exc: Exception) -> None:
+        """An exchange failed: the link must be resynchronised before it is used again."""
+        self._ready = False
+        self._cause = str(exc)
+        self._counts["failed_exchanges"] += 1
+
+    def ensure_ready(self) -> None:
+        """Reconnect and resynchronise if an earlier exchange failed; DeviceError if that
+        cannot be done now (at once, without trying, while backing off)."""
+        with self._lock:
+            if self._closed:
+                raise DeviceError(f"{self.transport.name} is closed")
+            if self._ready:
+                return
+            now = time.monotonic()
+            if now < self._next_attempt:
+                self._counts["calls_refused_while_down"] += 1
+                raise DeviceError(f"{self.transport.name} is unreachable: {self._cause}")
+            try:
+                if self._transport_dead is not None:
+                    self.transport.reopen()
+                    self._transport_dead = None
+                    self._splitter = FrameSplitter()
+                    self._counts["reconnects"] += 1
+                self._resync()
+            except DeviceError as exc:
+                self._cause = str(exc)
+                self._backoff = min(max(2 * self._backoff, self._backoff_range[0]),
+                                    self._backoff_range[1])
+                self._next_attempt = time.monotonic() + self._backoff
+                raise DeviceError(f"{self.transport.name} is unreachable: {exc}") from exc
+            self._backoff = 0.0
+            self._next_attempt = 0.0
+
+    @property
+    def ready(self) -> bool:
+        """Whether the link is in step with the device (no failed exchange since)."""
+        return self._ready
+
     # -- low level ---------------------------------------------------------------------------
 
+    def _transport_failed(self, exc: DeviceError) -> LinkFailure:
+        self._transport_dead = str(exc)
+        self._ready = False
+        return LinkFailure(str(exc))
+
     def _send(self, data: bytes) -> None:
-        self._check_alive()
+        if self._transport_dead is not None:
+            raise LinkFailure(f"{self.transport.name} is gone: {self._transport_dead}")
         try:
             self.transport.write(data)
         except DeviceError as exc:
-            self._dead = str(exc)
-            raise
+            raise self._transport_failed(exc) from exc
         self._counts["frames_out"] += 1
         self._counts["wire_bytes_out"] += len(data)
 
     def _receive(self, timeout: float) -> list[Frame]:
-        self._check_alive()
+        if self._transport_dead is not None:
+            raise LinkFailure(f"{self.transport.name} is gone: {self._transport_dead}")
         try:
             data = self.transport.read(max(0.0, timeout))
         except DeviceError as exc:
-            self._dead = str(exc)
-            raise
+            raise self._transport_failed(exc) from exc
         self._counts["wire_bytes_in"] += len(data)
         frames = []
         for raw in self._splitter.feed(data):
@@ -159,40 +267,42 @@ class LinkBackend:
             except FrameError:
                 self._counts["bad_frames_in"] += 1
                 continue
-            if frame.flags & p.FLAG_RESPONSE:
-                frames.append(frame)
-            else:
+            if not frame.flags & p.FLAG_RESPONSE:
                 self._counts["echoed_frames_in"] += 1
+                continue
+            if frame.kernel == p.SYSTEM_KERNEL_ID and frame.op == p.STATUS_BUSY:
+                text = frame.payload.decode("utf-8", "replace") or "busy"
+                raise self._transport_failed(DeviceError(
+                    f"{self.transport.name}: {text}; close the other host's connection first"))
+            frames.append(frame)
         self._counts["frames_in"] += len(frames)
         return frames
 
-    def _check_alive(self) -> None:
-        if self._dead is not None:
-            raise DeviceError(f"{self.transport.name} is gone: {self._dead}")
-
     # -- system kernel -----------------------------------------------------------------------
 
-    def system(self, op: int) -> bytes:
-        """Ask the system kernel (unsequenced, so simply asked again on a timeout)."""
-        for attempt in range(self.retries + 1):
-            self._system_seq = (self._system_seq + 1) & 0xFFFF
-            nonce = self._system_seq
-            self._send(encode_frame(Frame(p.SYSTEM_KERNEL_ID, op, nonce)))
-            deadline = time.monotonic() + self.timeout
-            while (left := deadline - time.monotonic()) > 0:
-                for frame in self._receive(left):
-                    if frame.kernel != p.SYSTEM_KERNEL_ID or frame.seq != nonce:
-                        self._counts["stale_frames_in"] += 1
-                        continue
-                    if frame.op != p.STATUS_OK:
-                        raise DeviceError(f"{self.transport.name}: system request {op} "
-                                          f"answered {frame.status_name!r}")
-                    return frame.payload
-            if attempt < self.retries:
-                self._counts["retries"] += 1
-        raise DeviceError(f"no answer from {self.transport.name} to a system request after "
-                          f"{self.retries} retries of {self.timeout} s: is the board "
-                          "programmed with an offload bitstream and the link speed right?")
+    def system(self, op: int, payload: bytes = b"") -> bytes:
+        """Ask the system kernel (unsequenced: asked again under a new nonce on a timeout)."""
+        with self._lock:
+            for attempt in range(self.retries + 1):
+                self._nonce = (self._nonce + 1) & p.SEQ_MASK
+                nonce = self._nonce
+                self._send(encode_frame(Frame(p.SYSTEM_KERNEL_ID, op, nonce, payload)))
+                deadline = time.monotonic() + self.timeout
+                while (left := deadline - time.monotonic()) > 0:
+                    for frame in self._receive(left):
+                        if frame.kernel != p.SYSTEM_KERNEL_ID or frame.seq != nonce:
+                            self._counts["stale_frames_in"] += 1
+                            continue
+                        if frame.op != p.STATUS_OK:
+                            raise DeviceError(f"{self.transport.name}: system request {op} "
+                                              f"answered {frame.status_name!r}")
+                        return frame.payload
+                if attempt < self.retries:
+                    self._counts["retries"] += 1
+            raise LinkFailure(
+                f"no answer from {self.transport.name} to a system request after "
+                f"{self.retries} retries of {self.timeout} s: is the board programmed with an "
+                "offload bitstream and the link speed right?")
 
     def device_counters(self) -> dict[str, Any]:
         """The device's own counters: the link's, and per kernel in manifest order."""
@@ -210,43 +320,74 @@ class LinkBackend:
 
     # -- sequenced calls ---------------------------------------------------------------------
 
-    def exchange(self, kernel_id: int, chunks: list[bytes], flags: list[int]) -> list[Frame]:
+    def exchange(self, kernel_id: int, chunks: Sequence[bytes], flags: Sequence[int]
+                 ) -> list[Frame]:
         """Send ``chunks`` as sequenced frames, at most ``window`` in flight; the responses.
 
         Lost frames and lost responses are sent again (go-back-N from the oldest unanswered,
         or from where the device says it is). The device replays the response of a frame it
-        already ran, so nothing runs twice.
+        already ran, so nothing runs twice. Raises :class:`LinkFailure` (and leaves the link
+        to be resynchronised) if the exchange cannot be completed.
         """
+        with self._lock:
+            if not self._ready:
+                raise LinkFailure(f"{self.transport.name} is not in step: {self._cause}")
+            try:
+                return self._exchange(kernel_id, chunks, flags)
+            except LinkFailure as exc:
+                self._fail(exc)
+                raise
+
+    def _exchange(self, kernel_id: int, chunks: Sequence[bytes], flags: Sequence[int]
+                  ) -> list[Frame]:
         n = len(chunks)
+        if len(flags) != n:
+            raise ValueError(f"{n} chunks but {len(flags)} flags")
+        if n >= 1 << (p.SEQ_BITS - 1):
+            raise DeviceError(f"an exchange of {n} frames would wrap the sequence numbers")
         base = self._next_seq
-        wire = [encode_frame(Frame(kernel_id, p.OP_CALL, (base + i) & 0xFFFF, chunk, flag))
-                for i, (chunk, flag) in enumerate(zip(chunks, flags, strict=True))]
+        wire: dict[int, bytes] = {}  # encoded frames in the window, kept for resending
+
+        def encoded(i: int) -> bytes:
+            if i not in wire:
+                seq = (base + i) & p.SEQ_MASK
+                wire[i] = encode_frame(Frame(kernel_id, p.OP_CALL, seq, chunks[i], flags[i]))
+            return wire[i]
+
         responses: list[Frame | None] = [None] * n
-        sent_at = [0.0] * n
-        tries = [0] * n
+        sent_at: dict[int, float] = {}
+        tries = 0  # timeouts of the current oldest frame
         oldest = next_send = 0
+        sent_hi = -1  # the highest index sent so far (next_send goes back on a resend)
         while oldest < n:
             while next_send < n and next_send - oldest < self.window:
                 if responses[next_send] is None:
-                    self._send(wire[next_send])
+                    self._send(encoded(next_send))
                     sent_at[next_send] = time.monotonic()
+                    if next_send > sent_hi:
+                        sent_hi = next_send
+                        self._max_sent = (base + next_send) & p.SEQ_MASK
                 next_send += 1
             wait = sent_at[oldest] + self.timeout - time.monotonic()
             for frame in self._receive(wait):
-                i = (frame.seq - base) & 0xFFFF
-                if frame.kernel != kernel_id or i >= n:
+                i = (frame.seq - base) & p.SEQ_MASK
+                if frame.kernel != kernel_id or i > sent_hi:
                     self._counts["stale_frames_in"] += 1
+                    continue
+                if i < oldest:
+                    self._counts["duplicate_responses"] += 1
                     continue
                 if frame.op == p.STATUS_OUT_OF_SEQUENCE:
                     self._counts["out_of_sequence"] += 1
-                    want = (int.from_bytes(frame.payload[:2], "little") - base) & 0xFFFF
-                    if want >= n:
-                        raise DeviceError(
-                            f"{self.transport.name} expects sequence number "
-                            f"{int.from_bytes(frame.payload[:2], 'little')}, outside this "
-                            "exchange: another program may be using the device")
+                    expected = int.from_bytes(frame.payload[:4], "little")
+                    want = (expected - base) & p.SEQ_MASK
+                    if want > n or len(frame.payload) < 4:
+                        raise LinkFailure(
+                            f"{self.transport.name} expects sequence number {expected}, "
+                            "outside this exchange: the device was reset, or another host "
+                            "is using it")
                     # Go back only if the wanted frame has not been sent again since.
-                    if want < next_send and sent_at[want] <= sent_at[i]:
+                    if want < next_send and sent_at.get(want, 0.0) <= sent_at.get(i, 0.0):
                         next_send = max(want, oldest)
                         self._counts["rewinds"] += 1
                     continue
@@ -254,19 +395,25 @@ class LinkBackend:
                     responses[i] = frame
                 else:
                     self._counts["duplicate_responses"] += 1
+            moved = False
             while oldest < n and responses[oldest] is not None:
+                wire.pop(oldest, None)
+                sent_at.pop(oldest, None)
                 oldest += 1
-            if oldest < n and time.monotonic() - sent_at[oldest] >= self.timeout \
-                    and sent_at[oldest] > 0:
-                tries[oldest] += 1
+                moved = True
+            if moved:
+                tries = 0
+            if oldest < n and oldest in sent_at \
+                    and time.monotonic() - sent_at[oldest] >= self.timeout:
+                tries += 1
                 self._counts["timeouts"] += 1
-                if tries[oldest] > self.retries:
-                    raise DeviceError(
+                if tries > self.retries:
+                    raise LinkFailure(
                         f"no response from {self.transport.name} to frame "
-                        f"{(base + oldest) & 0xFFFF} after {self.retries} retries")
+                        f"{(base + oldest) & p.SEQ_MASK} after {self.retries} retries")
                 self._counts["retries"] += 1
                 next_send = oldest
-        self._next_seq = (base + n) & 0xFFFF
+        self._next_seq = (base + n) & p.SEQ_MASK
         return responses  # type: ignore[return-value]
 
     def send_raw(self, data: bytes, *, seq: int | None = None, wait: float | None = None
@@ -277,41 +424,106 @@ class LinkBackend:
         (use :meth:`next_seq`): the driver then waits for that response and moves past it.
         Without it, the first response to arrive is returned.
         """
-        self._send(data)
-        deadline = time.monotonic() + (self.timeout if wait is None else wait)
-        while (left := deadline - time.monotonic()) > 0:
-            for frame in self._receive(left):
-                if seq is None or frame.seq == seq:
-                    if seq is not None and seq == self._next_seq:
-                        self._next_seq = (seq + 1) & 0xFFFF
-                    return frame
-        return None
+        with self._lock:
+            self._send(data)
+            if seq is not None:
+                if self._max_sent is None or _ahead(seq, self._max_sent):
+                    self._max_sent = seq
+            deadline = time.monotonic() + (self.timeout if wait is None else wait)
+            while (left := deadline - time.monotonic()) > 0:
+                for frame in self._receive(left):
+                    if seq is None or frame.seq == seq:
+                        if seq is not None and seq == self._next_seq:
+                            self._next_seq = (seq + 1) & p.SEQ_MASK
+                        return frame
+            return None
 
     def next_seq(self) -> int:
         """The sequence number the next sequenced frame will carry."""
         return self._next_seq
 
     def run(self, spec: KernelSpec, request: bytes) -> bytes:
-        """One kernel call: the request split into frames, the kernel's response joined."""
+        """One kernel call: the request split into frames, the kernel's response joined.
+
+        A call to a stateless kernel whose exchange fails is run once more after the link is
+        resynchronised (running it twice changes nothing); a stateful kernel's is not, since
+        whether it ran is then unknown.
+        """
         size = self.manifest.max_payload
-        chunks = [request[i:i + size] for i in range(0, len(request), size)] or [b""]
-        flags = [p.FLAG_MORE] * (len(chunks) - 1) + [0]
-        responses = self.exchange(spec.id, chunks, flags)
-        for frame in responses:
-            if frame.op != p.STATUS_OK:
-                raise DeviceError(f"{self.transport.name}: {spec.name} answered "
-                                  f"{frame.status_name!r}")
-        self._counts["payload_bytes_out"] += len(request)
-        return responses[-1].payload
+        view = memoryview(request)
+        chunks = _Chunks(view, size)
+        flags = _Flags(len(chunks))
+        with self._lock:
+            for attempt in range(2):
+                self.ensure_ready()
+                try:
+                    responses = self.exchange(spec.id, chunks, flags)
+                except LinkFailure:
+                    if attempt or getattr(spec, "stateful", False):
+                        raise
+                    self._counts["calls_run_again"] += 1
+                    continue
+                break
+            for frame in responses:
+                if frame.op != p.STATUS_OK:
+                    raise DeviceError(f"{self.transport.name}: {spec.name} answered "
+                                      f"{frame.status_name!r}")
+            self._counts["payload_bytes_out"] += len(request)
+            return responses[-1].payload
+
+    def invalidate(self, reason: str) -> None:
+        """Distrust the link (a response that could not be decoded): resync before the next
+        call."""
+        with self._lock:
+            self._fail(LinkFailure(reason))
 
     def counters(self) -> dict[str, Any]:
-        """The host side's figures: frames, bytes, retries, timeouts, rewinds."""
-        return {"transport": self.transport.name, **dict(self._counts)}
+        """The host side's figures: frames, bytes, retries, timeouts, rewinds, resyncs,
+        reconnects; and whether the link is up."""
+        with self._lock:
+            return {"transport": self.transport.name, "ready": self._ready,
+                    **dict(self._counts)}
 
     def close(self) -> None:
-        try:
-            self.transport.close()
-        finally:
-            self._dead = self._dead or "closed"
-            if self._on_close is not None:
-                self._on_close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self.transport.close()
+            finally:
+                self._transport_dead = self._transport_dead or "closed"
+                if self._on_close is not None:
+                    self._on_close()
+
+
+class _Chunks(Sequence[bytes]):
+    """A request cut into frame payloads, made as they are asked for (a 100 MiB call is not
+    copied into 100,000 pieces up front)."""
+
+    def __init__(self, view: memoryview, size: int):
+        self._view, self._size = view, size
+        self._n = max(1, -(-len(view) // size))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return bytes(self._view[i * self._size:(i + 1) * self._size])
+
+
+class _Flags(Sequence[int]):
+    """FLAG_MORE on every frame of a message but its last."""
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return 0 if i == self._n - 1 else p.FLAG_MORE

@@ -25,6 +25,9 @@ class Transport(Protocol):
     def read(self, timeout: float) -> bytes:
         """Whatever has arrived, waiting up to ``timeout`` seconds for the first byte."""
 
+    def reopen(self) -> None:
+        """Close and open the pipe again (a board that went away and came back)."""
+
     def close(self) -> None: ...
 
 
@@ -35,12 +38,22 @@ class SerialTransport:
         if url.startswith("serial://"):
             url = url[len("serial://"):]
         self.name = url
+        self._url = url
+        self._baudrate = baudrate
+        self._port = self._open()
+
+    def _open(self):
         try:
-            self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.1,
-                                               write_timeout=10)
+            port = serial.serial_for_url(self._url, baudrate=self._baudrate, timeout=0.1,
+                                         write_timeout=10)
         except (serial.SerialException, ValueError, OSError) as exc:
-            raise DeviceError(f"cannot open {url}: {exc}") from exc
+            raise DeviceError(f"cannot open {self._url}: {exc}") from exc
         self._timeout = 0.1
+        return port
+
+    def reopen(self) -> None:
+        self.close()
+        self._port = self._open()
 
     def write(self, data: bytes) -> None:
         try:

@@ -11,6 +11,7 @@ import struct
 from collections.abc import Callable
 
 from hdl.link import protocol as p
+from offload import DeviceError
 from offload.link.codec import Frame, FrameError, FrameSplitter, decode_frame, encode_frame
 
 
@@ -18,25 +19,37 @@ def encode_response(kernel: int, status: int, seq: int, payload: bytes) -> bytes
     return encode_frame(Frame(kernel, status, seq, payload, p.FLAG_RESPONSE))
 
 
+def u32(value: int) -> bytes:
+    return (value & p.SEQ_MASK).to_bytes(4, "little")
+
+
 class DeviceModel:
     """Byte stream in, byte stream out; ``kernels`` maps id -> (name, fn(bytes) -> bytes)."""
 
     def __init__(self, kernels: dict[int, tuple[str, Callable[[bytes], bytes]]], *,
-                 max_payload: int = 256, window: int = p.REPLAY_WINDOW, board: str = "model"):
+                 max_payload: int = 256, window: int = p.REPLAY_WINDOW, board: str = "model",
+                 expected: int = 0xFFFF_FFF0):
         self.kernels = kernels
         self.max_payload = max_payload
         self.window = window
-        self.expected = 0x1234  # not zero, so a host that assumes zero is caught
-        self.kept: dict[int, bytes] = {}
-        self.pending: dict[int, bytearray] = {}
+        self.initial_expected = expected  # near the wrap, so that the host must handle it
         self.executed: list[tuple[int, bytes]] = []  # (kernel id, message) per kernel run
-        self.splitter = FrameSplitter()
+        self.executed_seqs: list[list[int]] = []  # numbers of executed frames, per power-on
         self.manifest = json.dumps({
             "link": p.LINK_VERSION, "board": board, "clock_hz": 12_000_000, "build": "model",
             "max_payload": max_payload, "max_response": p.MAX_RESPONSE, "window": window,
             "kernels": [{"name": name, "id": i, "version": 1, "params": {}}
                         for i, (name, _) in kernels.items()],
         }, separators=(",", ":")).encode()
+        self.restart()
+
+    def restart(self) -> None:
+        """Power-cycle: the link state goes, as on a board that is reset."""
+        self.expected = self.initial_expected
+        self.executed_seqs.append([])
+        self.kept: dict[int, bytes] = {}
+        self.pending: dict[int, bytearray] = {}
+        self.splitter = FrameSplitter()
 
     def feed(self, data: bytes) -> bytes:
         out = b""
@@ -50,27 +63,38 @@ class DeviceModel:
 
     def handle(self, frame) -> bytes:
         if frame.kernel == p.SYSTEM_KERNEL_ID:
-            if frame.op == p.OP_MANIFEST:
-                payload = self.expected.to_bytes(2, "little") + self.manifest
-                return encode_response(0, p.STATUS_OK, frame.seq, payload)
-            if frame.op == p.OP_COUNTERS:
-                values = [0] * len(p.LINK_COUNTERS)
-                for kernel_id in self.kernels:
-                    values += [0] * (len(p.KERNEL_COUNTERS) - 1) + [kernel_id in self.pending]
-                return encode_response(0, p.STATUS_OK, frame.seq,
-                                       struct.pack(f"<{len(values)}I", *values))
-            return encode_response(0, p.STATUS_BAD_OPCODE, frame.seq, b"")
-        behind = (self.expected - frame.seq) & 0xFFFF
+            return self.system(frame)
+        behind = (self.expected - frame.seq) & p.SEQ_MASK
         if 1 <= behind <= self.window and frame.seq in self.kept:
             return self.kept[frame.seq]
         if frame.seq != self.expected:
             return encode_response(frame.kernel, p.STATUS_OUT_OF_SEQUENCE, frame.seq,
-                                   self.expected.to_bytes(2, "little"))
+                                   u32(self.expected))
         response = self.execute(frame)
+        self.executed_seqs[-1].append(frame.seq)
         self.kept[frame.seq] = response
-        self.kept.pop((frame.seq - self.window) & 0xFFFF, None)
-        self.expected = (self.expected + 1) & 0xFFFF
+        self.kept.pop((frame.seq - self.window) & p.SEQ_MASK, None)
+        self.expected = (self.expected + 1) & p.SEQ_MASK
         return response
+
+    def system(self, frame) -> bytes:
+        if frame.op == p.OP_MANIFEST:
+            return encode_response(0, p.STATUS_OK, frame.seq, u32(self.expected) + self.manifest)
+        if frame.op == p.OP_COUNTERS:
+            values = [0] * len(p.LINK_COUNTERS)
+            for kernel_id in self.kernels:
+                values += [0] * (len(p.KERNEL_COUNTERS) - 1) + [kernel_id in self.pending]
+            return encode_response(0, p.STATUS_OK, frame.seq,
+                                   struct.pack(f"<{len(values)}I", *values))
+        if frame.op == p.OP_SYNC:
+            if len(frame.payload) < 4:
+                return encode_response(0, p.STATUS_BAD_FRAME, frame.seq, b"")
+            target = int.from_bytes(frame.payload[:4], "little")
+            if 0 < (target - self.expected) & p.SEQ_MASK < 1 << 31:
+                self.expected = target
+                self.kept.clear()
+            return encode_response(0, p.STATUS_OK, frame.seq, u32(self.expected))
+        return encode_response(0, p.STATUS_BAD_OPCODE, frame.seq, b"")
 
     def execute(self, frame) -> bytes:
         def answer(status, payload=b""):
@@ -100,13 +124,23 @@ class ModelTransport:
         self.name = name
         self.inbox = bytearray()
         self.closed = False
+        self.opens = 1
 
     def write(self, data: bytes) -> None:
+        if self.closed:
+            raise DeviceError(f"{self.name}: write failed: closed")
         self.inbox += self.model.feed(data)
 
     def read(self, timeout: float) -> bytes:
+        if self.closed:
+            raise DeviceError(f"{self.name}: read failed: closed")
         data, self.inbox = bytes(self.inbox), bytearray()
         return data
+
+    def reopen(self) -> None:
+        self.closed = False
+        self.inbox = bytearray()
+        self.opens += 1
 
     def close(self) -> None:
         self.closed = True
