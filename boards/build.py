@@ -36,6 +36,7 @@ from pathlib import Path
 from amaranth.build import Clock, Platform
 from amaranth.hdl import Elaboratable
 
+from hdl.errors import OffloadError
 from sim.toolchain import cache_dir, yowasp_env
 
 from .registry import Board, BoardError, get_board
@@ -60,7 +61,7 @@ NEXTPNR_OPTS = ("--timing-allow-fail",)
 LOG_TAIL_LINES = 30
 
 
-class BuildError(RuntimeError):
+class BuildError(OffloadError):
     """A tool failed while building a bitstream. The message quotes the end of its log."""
 
 

@@ -15,14 +15,19 @@ from amaranth.build import Platform
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
+from hdl.errors import OffloadError
+
 __all__ = ["BOARDS", "Board", "BoardError", "FAMILIES", "get_board"]
 
 #: FPGA families the build flow knows, by the name ``sim.toolchain.yowasp_env`` takes.
 FAMILIES = ("ice40", "ecp5")
 
 
-class BoardError(ValueError):
-    """A board name or board option that offload does not support."""
+class BoardError(OffloadError, ValueError):
+    """A board name or board option that offload does not support.
+
+    Also a ``ValueError``, which it was before :class:`OffloadError` was its root.
+    """
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ left out with a line saying why, never filled in.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -21,10 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import OffloadError
 from .kernels import KernelSpec
 
-__all__ = ["Row", "BenchReport", "measure_cpu", "measure_amaranth_sim", "write_json",
-           "write_plot"]
+__all__ = ["Row", "BenchReport", "measure_cpu", "measure_amaranth_sim", "check_output_file",
+           "check_plot_support", "write_json", "write_plot"]
 
 MEASURED = "measured"
 DERIVED = "derived"
@@ -125,29 +127,55 @@ def measure_amaranth_sim(spec: KernelSpec, width: int, cycles: int = 4000) -> tu
     return cycles, elapsed
 
 
-def write_json(report: BenchReport, path: Path) -> None:
+def check_output_file(path: Path, what: str = "the output file") -> Path:
+    """Raise :class:`OffloadError` unless a file can be written at ``path``.
+
+    Cheap, so that a command checks where its results go before a bench of minutes starts,
+    rather than failing at the end. ``what`` names the path in the message (``--json``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if path.is_dir():
+        raise OffloadError(f"{what} {str(path)!r} is a folder: give a file name in it")
+    parent = path.parent
+    if not parent.is_dir():
+        kind = "is not a folder" if parent.exists() else "does not exist"
+        raise OffloadError(f"{what} {str(path)!r} cannot be written: {str(parent)!r} {kind}; "
+                           "give a path in an existing folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OffloadError(f"{what} {str(path)!r} cannot be written: the folder {str(parent)!r} "
+                           "is not writable; give a path in a folder you can write to")
+    return path
 
 
-def write_plot(report: BenchReport, path: Path) -> None:
-    """Throughput of each place a kernel can run, on one log axis, measured and derived apart."""
+def check_plot_support() -> None:
+    """Raise :class:`OffloadError` (saying what to install) unless matplotlib imports."""
+    _pyplot()
+
+
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        from .errors import OffloadError
-
         raise OffloadError(
             "--plot needs matplotlib: pip install 'offload[plot]' (or pip install matplotlib)"
         ) from exc
+    return plt
+
+
+def write_json(report: BenchReport, path: Path) -> None:
+    path = check_output_file(path, "the JSON file")
+    path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+def write_plot(report: BenchReport, path: Path) -> None:
+    """Throughput of each place a kernel can run, on one log axis, measured and derived apart."""
+    path = check_output_file(path, "the plot file")
+    plt = _pyplot()
     rows = [row for row in report.rows if row.unit == "MB/s"]
     if not rows:
-        from .errors import OffloadError
-
         raise OffloadError("nothing to plot: the bench produced no MB/s figures")
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
     labels = [f"{row.kernel}: {row.what}" for row in rows]
@@ -164,8 +192,6 @@ def write_plot(report: BenchReport, path: Path) -> None:
                        Patch(color="tab:orange", label=DERIVED)], loc="lower right")
     ax.set_title("offload bench: throughput by where the kernel runs")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

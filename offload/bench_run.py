@@ -31,12 +31,19 @@ _AMARANTH_CYCLES = 4_000
 
 def run_bench(specs: Sequence[KernelSpec], *, size: int, boards: Sequence[str] | None = None,
               device: str | None = None, console: Console | None = None) -> BenchReport:
-    """Measure ``specs`` on ``size`` bytes and project them onto ``boards`` (default: all)."""
+    """Measure ``specs`` on ``size`` bytes and project them onto ``boards`` (default: all).
+
+    The boards and the device are checked before anything is measured.
+    """
     from boards import BOARDS, get_board
+
+    from .device import check_spec
 
     board_names = list(boards) if boards else list(BOARDS)
     for name in board_names:
         get_board(name)
+    if device is not None:
+        check_spec(device)
     report = BenchReport()
     data = bench_data(size)
     steps = len(specs) * (2 + 2 * len(board_names) + 3) + (2 if device else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -9,9 +10,40 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from . import kernels as registry
+from .errors import OffloadError
 from .gateware import board_width, device_design
 
-__all__ = ["build_kernel", "build_device", "print_report", "progress_bar"]
+__all__ = ["build_kernel", "build_device", "check_build_dir", "print_report", "progress_bar"]
+
+
+def check_build_dir(build_dir: Path | None, what: str = "the build folder") -> Path:
+    """Make sure a build can write its files: ``build_dir``, or the cache when it is ``None``.
+
+    Cheap, so that it runs before a build of minutes rather than failing in its middle. Makes
+    the folder if it is missing. ``what`` names it in the message (``--build-dir``).
+
+    Raises
+    ------
+    OffloadError
+        If the folder is a file, cannot be made, or is not writable; the message says which.
+    """
+    if build_dir is None:
+        from sim.toolchain import cache_dir
+
+        return cache_dir()  # raises ToolchainError, an OffloadError, saying what is wrong
+    path = Path(build_dir)
+    if path.exists() and not path.is_dir():
+        raise OffloadError(f"{what} {str(path)!r} is a file, not a folder: choose another")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OffloadError(f"cannot make {what} {str(path)!r}: {exc.strerror or exc}; "
+                           "choose a folder you can write to") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OffloadError(f"{what} {str(path)!r} is not writable: choose a folder you can "
+                           "write to")
+    return path
+
 
 def build_kernel(board: str, kernel: str, *, width: int | None = None,
                  build_dir: Path | None = None, progress: Progress | None = None):
@@ -22,6 +54,7 @@ def build_kernel(board: str, kernel: str, *, width: int | None = None,
     from boards.build import build
     from boards.top import KernelPinTop
 
+    check_build_dir(build_dir)
     spec = registry.get(kernel)
     width = board_width(board, spec, width)
     name = f"{spec.name}_w{width}"
@@ -35,6 +68,7 @@ def build_device(board: str, kernel_names, *, width: int | None = None,
     from boards import get_board
     from boards.build import build
 
+    check_build_dir(build_dir)
     design = device_design(board, kernel_names, width)
     # Placed and routed for the board's own clock, which is what the device runs at.
     return build(board, lambda: design.top("board"), name=design.name, build_dir=build_dir,

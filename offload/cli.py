@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import kernels as registry
@@ -19,31 +20,21 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OffloadError]
-    try:
-        from sim.toolchain import ToolchainError
-
-        errors.append(ToolchainError)
-    except ImportError:  # pragma: no cover - sim is part of the distribution
-        pass
-    try:
-        from boards import BoardError, BuildError
-
-        errors += [BoardError, BuildError]
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
-
-
 class OffloadGroup(click.Group):
-    """Errors a user can cause end the command with one line, not a traceback."""
+    """Errors a user can cause end the command with one line, not a traceback.
+
+    Every such error is an :class:`OffloadError`, whichever layer raised it (``boards``,
+    ``sim`` and ``hdl`` subclass the same root); click reports its own usage errors itself.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except _user_errors() as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        except OffloadError as exc:
+            # Escaped: a message is text, not markup ("pip install 'offload[plot]'"); not
+            # wrapped: one error, one line, however narrow the terminal.
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
             sys.exit(1)
 
 
@@ -95,8 +86,9 @@ def build_cmd(board: str, kernel_names: tuple[str, ...], width: int | None, kern
 
     By default the device: the UART link at the board's rate, the link bridge and the kernels.
     """
-    from .build import build_device, build_kernel, print_report, progress_bar
+    from .build import build_device, build_kernel, check_build_dir, print_report, progress_bar
 
+    check_build_dir(build_dir, "--build-dir")  # before a build of minutes, not in its middle
     with progress_bar(console) as progress:
         if kernel_only:
             if len(kernel_names) > 1:
@@ -131,9 +123,20 @@ def build_cmd(board: str, kernel_names: tuple[str, ...], width: int | None, kern
               help="Write a PNG plot here (needs matplotlib).")
 def bench_cmd(kernel_names, size, board_names, device_spec, json_path, plot_path) -> None:
     """Measure the CPU path, the gateware in simulation, and project onto each board."""
-    from .bench import write_json, write_plot
+    from .bench import check_output_file, check_plot_support, write_json, write_plot
     from .bench_run import print_report, run_bench
+    from .build import check_build_dir
+    from .device import check_spec
 
+    # Everything a bench of minutes could trip over at its end is checked before it starts.
+    if device_spec is not None:
+        check_spec(device_spec)
+    if json_path:
+        check_output_file(json_path, "--json")
+    if plot_path:
+        check_output_file(plot_path, "--plot")
+        check_plot_support()
+    check_build_dir(None)  # the cache, where the models and bitstreams go
     specs = [registry.get(n) for n in kernel_names] or list(registry.KERNELS)
     report = run_bench(specs, size=size, boards=list(board_names) or None, device=device_spec,
                        console=console)
@@ -190,6 +193,8 @@ def serve_cmd(board: str, port: int) -> None:
     """Run a virtual board: the board's gateware in Verilator, its link on a TCP port."""
     from .gateware import device_design
 
+    if port:
+        _check_port_free(port)  # before building the virtual board, which can take minutes
     with console.status(f"building the {board} virtual board (cached after the first run)"):
         vboard = device_design(board).virtual_board(port=port)
     vboard.start()
@@ -206,6 +211,23 @@ def serve_cmd(board: str, port: int) -> None:
         run = vboard.stop()
         if run is not None:
             console.print(f"ran {run.cycles:,} cycles in {run.seconds:.1f} s")
+
+
+def _check_port_free(port: int) -> None:
+    import errno
+    import socket
+
+    # Bound as the harness binds it (SO_REUSEADDR, so a port in TIME_WAIT is not "in use").
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise OffloadError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; choose "
+                                   "another --port, or 0 for any free one") from None
+            raise OffloadError(f"port {port} on 127.0.0.1 is in use by another program: choose "
+                               "another --port, or 0 for any free one") from None
 
 
 @main.command("cache")

@@ -1,10 +1,8 @@
 """Exceptions a user can cause. Each message says what to do; tracebacks are for our bugs."""
 
+from hdl.errors import OffloadError  # the root lives in the bottom layer; see its docstring
+
 __all__ = ["OffloadError", "DeviceError", "KernelNotFound"]
-
-
-class OffloadError(Exception):
-    """Base of every error offload raises for a user's input or environment."""
 
 
 class KernelNotFound(OffloadError, KeyError):

@@ -28,6 +28,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from hdl.errors import OffloadError
+
 from . import toolchain
 
 __all__ = [
@@ -47,7 +49,7 @@ _FORMAT = "1"
 _LOG_TAIL_LINES = 40
 
 
-class SimulationError(RuntimeError):
+class SimulationError(OffloadError):
     """A model could not be built, or a simulation failed or timed out.
 
     The message says which design, what went wrong, and where the full log is.

@@ -17,6 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from hdl.errors import OffloadError
+
 __all__ = [
     "ToolchainError",
     "verilator_env",
@@ -26,8 +28,11 @@ __all__ = [
 ]
 
 
-class ToolchainError(RuntimeError):
-    """A tool offload needs is not installed. The message names the package to install."""
+class ToolchainError(OffloadError):
+    """A tool offload needs is not installed, or the build cache is unusable.
+
+    The message names the package to install or the setting to change.
+    """
 
 
 def _bin_dir() -> Path:
@@ -128,7 +133,27 @@ def yowasp_env(family: str | None = None, base: dict[str, str] | None = None) ->
 
 
 def cache_dir() -> Path:
-    """Where builds are cached: ``$OFFLOAD_CACHE_DIR``, else ``~/.cache/offload``."""
-    path = Path(os.environ.get("OFFLOAD_CACHE_DIR") or Path.home() / ".cache" / "offload")
-    path.mkdir(parents=True, exist_ok=True)
+    """Where builds are cached: ``$OFFLOAD_CACHE_DIR``, else ``~/.cache/offload``.
+
+    Raises
+    ------
+    ToolchainError
+        If the folder cannot be made or written to (for example, the path is a file).
+    """
+    variable = os.environ.get("OFFLOAD_CACHE_DIR")
+    path = Path(variable or Path.home() / ".cache" / "offload")
+    origin = "OFFLOAD_CACHE_DIR" if variable else "the default build cache"
+    advice = ("set OFFLOAD_CACHE_DIR to a folder you can write to" if variable
+              else "set OFFLOAD_CACHE_DIR to a folder you can write to, or fix that path")
+    if path.exists() and not path.is_dir():
+        raise ToolchainError(f"{origin} {str(path)!r} is a file, not a folder: {advice}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolchainError(
+            f"cannot make the build cache {str(path)!r} ({origin}): "
+            f"{exc.strerror or exc}; {advice}"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ToolchainError(f"the build cache {str(path)!r} ({origin}) is not writable: {advice}")
     return path

@@ -1,6 +1,9 @@
 """The offload command: its lists, its errors, and the bench's JSON record."""
 
 import json
+import socket
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -109,3 +112,90 @@ def test_cache_lists_and_clears(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "verilator" in result.output and "2.0" in result.output
     result = run("cache", "--clear")
     assert result.exit_code == 0 and not any(tmp_path.iterdir())
+
+
+# Errors that used to be tracebacks, or came after minutes of work: each is one line on stderr,
+# and a command that benches or builds says it before it starts.
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def no_long_work(monkeypatch):
+    """The bench and the builds fail the test if a command gets as far as starting them."""
+    import offload.bench_run
+    import offload.build
+
+    def started(*args, **kwargs):
+        pytest.fail("the long work started before the command checked its options")
+
+    monkeypatch.setattr(offload.bench_run, "run_bench", started)
+    monkeypatch.setattr(offload.build, "build_device", started)
+    monkeypatch.setattr(offload.build, "build_kernel", started)
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_bench_output_paths_are_checked_first(option, tmp_path, no_long_work):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for path, says in ((tmp_path, "is a folder"),
+                       (tmp_path / "missing" / "out", "does not exist"),
+                       (afile / "out", "is not a folder")):
+        result = run("bench", "--board", "icebreaker", option, str(path))
+        line = one_line_error(result)
+        assert option in line and says in line and str(path) in line
+        assert result.stdout == ""  # no bench table
+
+
+def test_bench_plot_without_matplotlib(tmp_path, monkeypatch, no_long_work):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    result = run("bench", "--plot", str(tmp_path / "bench.png"))
+    line = one_line_error(result)
+    assert "pip install 'offload[plot]'" in line  # rich markup must not eat "[plot]"
+
+
+@pytest.mark.parametrize("spec, says", [("garbage", "unknown device 'garbage'"),
+                                        ("sim:BADBOARD", "Unknown board 'BADBOARD'")])
+def test_bench_device_is_checked_first(spec, says, no_long_work):
+    assert says in one_line_error(run("bench", "--device", spec))
+
+
+def test_build_dir_is_checked_first(tmp_path, no_long_work):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    line = one_line_error(run("build", "--board", "icebreaker", "--build-dir", str(afile)))
+    assert "--build-dir" in line and "is a file" in line
+    line = one_line_error(run("build", "--board", "icebreaker", "--kernel-only",
+                              "--build-dir", str(afile / "build")))
+    assert "cannot make --build-dir" in line
+
+
+def test_cache_dir_that_is_a_file(tmp_path, monkeypatch, no_long_work):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv("OFFLOAD_CACHE_DIR", str(afile))
+    for args in (["cache"], ["build", "--board", "icebreaker"], ["bench"]):
+        line = one_line_error(run(*args))
+        assert "OFFLOAD_CACHE_DIR" in line and "is a file" in line
+
+
+def test_serve_on_a_port_in_use():
+    # A subprocess, for the real stderr and exit status; the port is checked before the build.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "offload.cli", "serve", "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: port {port} on 127.0.0.1 is in use")
+    assert "another --port, or 0" in lines[0]
+    assert "serving" not in done.stdout
