@@ -70,10 +70,20 @@ class DeviceDesign:
         return name if mode == "board" else f"{name}_{mode}"
 
     def virtual_board(self, port: int = 0):
-        """A (not yet started) :class:`sim.virtual_board.VirtualBoard` of this design."""
+        """A (not yet started) :class:`sim.virtual_board.VirtualBoard` of this design.
+
+        A host that connects while another holds it is answered with one STATUS_BUSY frame
+        (see ``hdl/link/protocol.py``) and its connection closed.
+        """
         from sim.virtual_board import VirtualBoard
 
-        return VirtualBoard(self.top("bytes"), self.module_name("bytes"), port=port)
+        from .link.codec import Frame, encode_frame
+
+        busy = encode_frame(Frame(p.SYSTEM_KERNEL_ID, p.STATUS_BUSY, 0,
+                                  b"another host holds this virtual board",
+                                  p.FLAG_RESPONSE))
+        return VirtualBoard(self.top("bytes"), self.module_name("bytes"), port=port,
+                            busy_reply=busy)
 
     def top(self, mode: str = "board"):
         """The :class:`boards.link_top.LinkTop` of this design in ``mode``."""

@@ -70,11 +70,18 @@ class VirtualBoard:
         Its module name (also names the build in the cache).
     port : int
         TCP port on 127.0.0.1 to serve on; 0 picks a free one.
+    busy_reply : bytes
+        What a host that connects while another holds the board is sent before its connection
+        is closed (the board's own protocol decides the bytes); empty: it is only closed.
     """
 
-    def __init__(self, top: wiring.Component, name: str, *, port: int = 0):
+    def __init__(self, top: wiring.Component, name: str, *, port: int = 0,
+                 busy_reply: bytes = b""):
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0 to 65535, not {port!r}")
+        if not isinstance(busy_reply, (bytes, bytearray)):
+            raise TypeError(f"busy_reply must be bytes, not {busy_reply!r}")
+        self.busy_reply = bytes(busy_reply)
         self.binary = build_virtual_board(top, name)
         self.name = name
         self.requested_port = port
@@ -93,11 +100,16 @@ class VirtualBoard:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The harness's process id while it runs (tests read its memory use from /proc)."""
+        return self._process.pid if self.running else None
+
     def start(self) -> VirtualBoard:
         if self.running:
             return self
         process = subprocess.Popen(
-            [str(self.binary), str(self.requested_port)],
+            [str(self.binary), str(self.requested_port), self.busy_reply.hex()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line: list[str] = []
@@ -108,8 +120,13 @@ class VirtualBoard:
         if not line or not line[0].startswith("listening "):
             process.kill()
             _, err = process.communicate(timeout=5)
+            err = err.strip()
+            if "cannot listen" in err and "in use" in err:  # the harness's bind() said EADDRINUSE
+                raise SimulationError(
+                    f"virtual board {self.name!r} cannot serve on port {self.requested_port}: "
+                    "another program is using it; choose another port, or 0 for any free one")
             raise SimulationError(
-                f"virtual board {self.name!r} did not start: {err.strip() or 'no message'}")
+                f"virtual board {self.name!r} did not start: {err or 'no message'}")
         self.port = int(line[0].split()[1])
         self._process = process
         return self
