@@ -10,10 +10,10 @@ receive
     buffer. Input stalls only while both buffers hold frames the executor has not yet read.
 execute
     applies the rules of :mod:`hdl.link.protocol` to one frame at a time: answers system
-    requests, replays kept responses, refuses frames out of sequence, and runs a kernel call by
-    feeding the frame's payload to the kernel while collecting its response into the replay
-    slot of the frame's sequence number. It frees the frame buffer as soon as the payload has
-    been read.
+    requests (OP_SYNC moves the expected sequence number), replays kept responses, refuses
+    frames out of sequence, and runs a kernel call by feeding the frame's payload to the kernel
+    while collecting its response into the replay slot of the frame's sequence number. It frees
+    the frame buffer as soon as the payload has been read.
 send
     builds each response frame (header, payload from a replay slot, the manifest ROM, the
     counters or a register, CRC-32C) one byte per cycle and COBS-encodes it.
@@ -36,6 +36,10 @@ Choices where :mod:`hdl.link.protocol` leaves room:
 * A kernel's response is collected only while the frame that ends its message runs. A kernel
   that starts its response before its message ends must hold it until then; with a message
   spread over several frames, a kernel that instead stops taking input would be timed out.
+* OP_SYNC reads its target from the frame buffer as a kernel call reads its payload (bytes past
+  the fourth are ignored). A sync that moves the expected number forgets the replay window by
+  counting no frame executed: the slots keep their bytes, but no number from before the sync
+  reaches them, so such a frame is answered ``STATUS_OUT_OF_SEQUENCE``.
 * ``frames_in`` counts frames that passed the CRC check (each gets exactly one response);
   ``bad_crc`` counts frames dropped for a wrong CRC, a size under a header and a CRC, or a
   broken COBS encoding. An empty frame (two delimiters in a row) is ignored, not counted.
@@ -63,7 +67,9 @@ from .protocol import (
     OP_CALL,
     OP_COUNTERS,
     OP_MANIFEST,
+    OP_SYNC,
     REPLAY_WINDOW,
+    SEQ_BITS,
     STATUS_BAD_FRAME,
     STATUS_BAD_OPCODE,
     STATUS_KERNEL_ERROR,
@@ -83,6 +89,7 @@ __all__ = ["LinkBridge", "CRC_RESIDUE"]
 CRC_RESIDUE = crc32c_ref(bytes(CRC_SIZE)) ^ XOROUT
 
 _STATUS_BITS = max(STATUS_NAMES).bit_length()
+_SEQ_BYTES = SEQ_BITS // 8
 
 
 class _Source(enum.Enum, shape=3):
@@ -91,7 +98,7 @@ class _Source(enum.Enum, shape=3):
     SLOT = 1  # a replay slot; its status and length too
     MANIFEST = 2  # the expected sequence number, then the manifest ROM
     COUNTERS = 3
-    VALUE = 4  # a 16-bit value (the expected sequence number)
+    VALUE = 4  # a sequence number (the expected one), u32 LE
 
 
 class LinkBridge(wiring.Component):
@@ -111,8 +118,8 @@ class LinkBridge(wiring.Component):
         What OP_MANIFEST answers after the expected sequence number (the compact JSON of
         :mod:`hdl.link.protocol`, built by whoever assembles the board). Held in a ROM.
     max_payload : int
-        Largest request payload taken in one frame (1 to 65535). Two frame buffers of the next
-        power of two bytes are allocated.
+        Largest request payload taken in one frame (4 to 65535: OP_SYNC's target must fit).
+        Two frame buffers of the next power of two bytes are allocated.
     max_response : int
         Largest kernel response sent in one frame and kept for replay (1 to 65535).
     timeout_cycles : int
@@ -172,12 +179,14 @@ class LinkBridge(wiring.Component):
                 )
         if not isinstance(manifest, (bytes, bytearray)):
             raise TypeError(f"LinkBridge manifest must be bytes, not {manifest!r}")
-        if len(manifest) > 0xFFFF - 2:
+        if len(manifest) > 0xFFFF - _SEQ_BYTES:
             raise ValueError(
-                f"LinkBridge manifest must be at most {0xFFFF - 2} bytes, not {len(manifest)}"
+                f"LinkBridge manifest must be at most {0xFFFF - _SEQ_BYTES} bytes, "
+                f"not {len(manifest)}"
             )
         for name, value, low, high in (
-            ("max_payload", max_payload, 1, 0xFFFF),
+            # OP_SYNC's payload must fit in a frame.
+            ("max_payload", max_payload, _SEQ_BYTES, 0xFFFF),
             ("max_response", max_response, 1, 0xFFFF),
             ("timeout_cycles", timeout_cycles, 1, None),
             ("window", window, 1, 0x8000),
@@ -250,22 +259,21 @@ class LinkBridge(wiring.Component):
         frame_rd = frame_buffers.read_port()
 
         desc_layout = data.StructLayout({
-            "kernel": 8, "opcode": 8, "more": 1, "seq": 16, "length": 16,
+            "kernel": 8, "opcode": 8, "more": 1, "seq": SEQ_BITS, "length": 16,
             "bad": 1, "too_long": 1,
         })
         descs = [Signal(desc_layout, name=f"desc{b}") for b in range(2)]
         full = [Signal(name=f"full{b}") for b in range(2)]
         wbuf = Signal()  # buffer the receiver fills
         rbuf = Signal()  # buffer the executor takes next
+        w_desc = Array(descs)[wbuf]
 
         frame_max = (1 << 17) - 1  # more than any consistent frame, so the count saturates
         r_idx = Signal(range(frame_max + 1))
         r_off = Signal(buf_bits + 1)
         r_crc = Signal(32, init=INIT)
         h_version_ok = Signal()
-        h_kernel, h_opcode = Signal(8), Signal(8)
-        h_more = Signal()
-        h_seq, h_length = Signal(16), Signal(16)
+        h_length = Signal(16)
 
         rx_good, rx_bad = Signal(), Signal()
         beat = decoder.o_stream
@@ -280,10 +288,6 @@ class LinkBridge(wiring.Component):
                     for b in range(2):
                         with m.If(wbuf == b):
                             m.d.sync += [
-                                descs[b].kernel.eq(h_kernel),
-                                descs[b].opcode.eq(h_opcode),
-                                descs[b].more.eq(h_more),
-                                descs[b].seq.eq(h_seq),
                                 descs[b].length.eq(h_length),
                                 descs[b].bad.eq(
                                     ~h_version_ok
@@ -303,19 +307,20 @@ class LinkBridge(wiring.Component):
                 with m.Switch(r_idx):
                     with m.Case(0):
                         m.d.sync += h_version_ok.eq(byte == LINK_VERSION)
+                    # These fields go straight into the descriptor of the buffer being filled:
+                    # the executor has taken it already, and a good frame writes them all.
                     with m.Case(1):
-                        m.d.sync += h_kernel.eq(byte)
+                        m.d.sync += w_desc.kernel.eq(byte)
                     with m.Case(2):
-                        m.d.sync += h_opcode.eq(byte)
+                        m.d.sync += w_desc.opcode.eq(byte)
                     with m.Case(3):
-                        m.d.sync += h_more.eq((byte & FLAG_MORE) != 0)
-                    with m.Case(4):
-                        m.d.sync += h_seq[:8].eq(byte)
-                    with m.Case(5):
-                        m.d.sync += h_seq[8:].eq(byte)
-                    with m.Case(6):
+                        m.d.sync += w_desc.more.eq((byte & FLAG_MORE) != 0)
+                    for i in range(_SEQ_BYTES):
+                        with m.Case(4 + i):
+                            m.d.sync += w_desc.seq.word_select(i, 8).eq(byte)
+                    with m.Case(4 + _SEQ_BYTES):
                         m.d.sync += h_length[:8].eq(byte)
-                    with m.Case(7):
+                    with m.Case(5 + _SEQ_BYTES):
                         m.d.sync += h_length[8:].eq(byte)
                 # Everything after the header goes into the buffer (the CRC too, when there is
                 # room: it is never read); a frame longer than the buffer only has its CRC
@@ -346,7 +351,7 @@ class LinkBridge(wiring.Component):
         meta_wr = replay_meta.write_port()
         meta_rd = replay_meta.read_port()
 
-        expected = Signal(16)  # sequence number of the next frame to execute
+        expected = Signal(SEQ_BITS)  # sequence number of the next frame to execute
         executed = Signal(range(self.window + 1))  # frames executed, up to the window
         target = expected[:win_bits]  # the replay slot of the frame being executed
 
@@ -364,11 +369,11 @@ class LinkBridge(wiring.Component):
         p_valid = Signal()
         p_src = Signal(_Source)
         p_slot = Signal(win_bits)
-        p_seq = Signal(16)
+        p_seq = Signal(SEQ_BITS)
         p_kernel = Signal(8)
         p_status = Signal(_STATUS_BITS)
         p_length = Signal(16)
-        p_value = Signal(16)
+        p_value = Signal(SEQ_BITS)
 
         release = Signal()
         for b in range(2):
@@ -382,11 +387,13 @@ class LinkBridge(wiring.Component):
                 m.d.comb += release.eq(1)
                 m.d.sync += x_held.eq(0)
 
-        def respond(src, status, length=0, value=0):
+        def respond(src, status, length=0, value=0, seq=True):
             m.d.sync += [
-                p_valid.eq(1), p_src.eq(src), p_seq.eq(x.seq), p_kernel.eq(x.kernel),
+                p_valid.eq(1), p_src.eq(src), p_kernel.eq(x.kernel),
                 p_status.eq(status), p_length.eq(length), p_value.eq(value),
             ]
+            if seq:
+                m.d.sync += p_seq.eq(x.seq)
 
         # Set by the sender: the replay slot it is reading, if any.
         b_slot_busy = Signal()
@@ -394,7 +401,13 @@ class LinkBridge(wiring.Component):
         slot_hazard = ((p_valid & (p_src == _Source.SLOT) & (p_slot == target))
                        | (b_slot_busy & (b_slot == target)))
 
-        seq_behind = Signal(16)
+        # The expected number is only ever loaded from x.seq: a frame finishes because its
+        # number is the expected one (then it steps past it), and a sync's target is shifted
+        # into x.seq. One adder for both keeps a 32-bit mux off the iCE40.
+        e_load, e_step = Signal(), Signal()
+        with m.If(e_load):
+            m.d.sync += expected.eq(x.seq + e_step)
+        seq_behind = Signal(SEQ_BITS)
         m.d.comb += seq_behind.eq(expected - x.seq)
         counted_replay, counted_oos = Signal(), Signal()
 
@@ -478,21 +491,30 @@ class LinkBridge(wiring.Component):
 
             with m.State("DECIDE"):
                 with m.If(x.kernel == SYSTEM_KERNEL_ID):
-                    # Stateless: answered at once, whatever the sequence number.
-                    with m.If(~p_valid):
+                    # Unsequenced: answered at once, whatever the sequence number.
+                    def answer(*args, **kwargs):
                         release_buffer()
-                        with m.If(x.bad):
-                            respond(_Source.EMPTY, STATUS_BAD_FRAME)
-                        with m.Elif(x.too_long):
-                            respond(_Source.EMPTY, STATUS_TOO_LONG)
-                        with m.Elif(x.opcode == OP_MANIFEST):
-                            respond(_Source.MANIFEST, STATUS_OK,
-                                    length=2 + len(self.manifest), value=expected)
-                        with m.Elif(x.opcode == OP_COUNTERS):
-                            respond(_Source.COUNTERS, STATUS_OK, length=self.counters_size)
-                        with m.Else():
-                            respond(_Source.EMPTY, STATUS_BAD_OPCODE)
+                        respond(*args, **kwargs)
                         m.next = "IDLE"
+
+                    with m.If(~p_valid):
+                        is_sync = x.opcode == OP_SYNC
+                        with m.If(x.bad | (is_sync & (x.length < _SEQ_BYTES))):
+                            answer(_Source.EMPTY, STATUS_BAD_FRAME)
+                        with m.Elif(x.too_long):
+                            answer(_Source.EMPTY, STATUS_TOO_LONG)
+                        with m.Elif(x.opcode == OP_MANIFEST):
+                            answer(_Source.MANIFEST, STATUS_OK,
+                                   length=_SEQ_BYTES + len(self.manifest), value=expected)
+                        with m.Elif(x.opcode == OP_COUNTERS):
+                            answer(_Source.COUNTERS, STATUS_OK, length=self.counters_size)
+                        with m.Elif(is_sync):
+                            # The target replaces the sequence number, which waits in p_seq
+                            # (the sender does not look at it while p_valid is low).
+                            m.d.sync += p_seq.eq(x.seq)
+                            m.next = "SYNC"
+                        with m.Else():
+                            answer(_Source.EMPTY, STATUS_BAD_OPCODE)
                 with m.Elif(seq_behind == 0):
                     # The slot about to be written must not be the one being sent.
                     with m.If(~slot_hazard):
@@ -528,7 +550,8 @@ class LinkBridge(wiring.Component):
                 with m.Else():
                     with m.If(~p_valid):
                         release_buffer()
-                        respond(_Source.VALUE, STATUS_OUT_OF_SEQUENCE, length=2, value=expected)
+                        respond(_Source.VALUE, STATUS_OUT_OF_SEQUENCE, length=_SEQ_BYTES,
+                                value=expected)
                         m.d.comb += counted_oos.eq(1)
                         m.next = "IDLE"
 
@@ -601,6 +624,26 @@ class LinkBridge(wiring.Component):
                     with m.Else():
                         m.d.sync += watchdog.eq(watchdog + 1)
 
+            with m.State("SYNC"):
+                # The target comes from the frame buffer a byte per cycle, as RUN takes payload,
+                # into x.seq: then seq_behind is E - T, and T is ahead of E when E - T is
+                # from 2**31 + 1 to 2**32 - 1.
+                with m.If(fp != _SEQ_BYTES):
+                    m.d.comb += take.eq(1)
+                    m.d.sync += [fp.eq(fp + 1), x.seq.eq(Cat(x.seq[8:], frame_rd.data))]
+                with m.Else():
+                    release_buffer()
+                    with m.If(seq_behind[-1] & (seq_behind[:-1] != 0)):
+                        # Numbers from before the sync must not replay: forget the window.
+                        m.d.comb += e_load.eq(1)
+                        m.d.sync += executed.eq(0)
+                    m.next = "SYNCED"
+
+            with m.State("SYNCED"):
+                # No response is pending: DECIDE waited for that, and only this FSM sets p_valid.
+                respond(_Source.VALUE, STATUS_OK, length=_SEQ_BYTES, value=expected, seq=False)
+                m.next = "IDLE"
+
             with m.State("FINISH"):
                 with m.If(~p_valid):
                     release_buffer()
@@ -612,9 +655,9 @@ class LinkBridge(wiring.Component):
                         meta_wr.data.length.eq(r_length),
                     ]
                     respond(_Source.SLOT, 0)
+                    m.d.comb += [e_load.eq(1), e_step.eq(1)]
                     m.d.sync += [
                         p_slot.eq(target),
-                        expected.eq(expected + 1),
                         executed.eq(Mux(executed == self.window, executed, executed + 1)),
                     ]
                     m.next = "IDLE"
@@ -667,7 +710,7 @@ class LinkBridge(wiring.Component):
             m.d.sync += s_valid.eq(0)
 
         b_src = Signal(_Source)
-        b_seq, b_length, b_value = Signal(16), Signal(16), Signal(16)
+        b_seq, b_length, b_value = Signal(SEQ_BITS), Signal(16), Signal(SEQ_BITS)
         b_kernel = Signal(8)
         b_status = Signal(_STATUS_BITS)
         b_crc = Signal(32)
@@ -684,13 +727,13 @@ class LinkBridge(wiring.Component):
             slot_rd.addr.eq(Cat(pay_next[:slot_bits], b_slot)),
         ]
         if self.manifest:
-            m.d.comb += rom_rd.addr.eq(Mux(pay_next >= 2, pay_next - 2, 0))
+            m.d.comb += rom_rd.addr.eq(Mux(pay_next >= _SEQ_BYTES, pay_next - _SEQ_BYTES, 0))
 
         counters = [link_ctr[name] for name in LINK_COUNTERS]
         counters += [ctr[name] for ctr in kernel_ctr for name in KERNEL_COUNTERS]
         counter_word = Array(counters)[cnt[2:2 + ceil_log2(len(counters))]]
         counter_byte = Mux(cnt[:2] == 0, counter_word[:8], hold[:8])
-        value_byte = b_value.word_select(cnt[0], 8)
+        value_byte = b_value.word_select(cnt[:2], 8)
 
         def emit(last=0):
             m.d.sync += [s_valid.eq(1), s_data.eq(tx_byte), s_last.eq(last)]
@@ -718,9 +761,11 @@ class LinkBridge(wiring.Component):
             with m.State("HEADER"):
                 header = Array([
                     Const(LINK_VERSION, 8), b_kernel, b_status, Const(FLAG_RESPONSE, 8),
-                    b_seq[:8], b_seq[8:], b_length[:8], b_length[8:],
+                    *(b_seq.word_select(i, 8) for i in range(_SEQ_BYTES)),
+                    b_length[:8], b_length[8:],
                 ])
-                m.d.comb += tx_byte.eq(header[cnt[:3]])
+                assert len(header) == HEADER_SIZE
+                m.d.comb += tx_byte.eq(header[cnt[:4]])
                 with m.If(advance):
                     emit()
                     m.d.sync += [b_crc.eq(tx_crc_next), cnt.eq(cnt + 1)]
@@ -737,7 +782,7 @@ class LinkBridge(wiring.Component):
                         m.d.comb += tx_byte.eq(slot_rd.data)
                     with m.Case(_Source.MANIFEST):
                         if self.manifest:
-                            m.d.comb += tx_byte.eq(Mux(cnt < 2, value_byte, rom_rd.data))
+                            m.d.comb += tx_byte.eq(Mux(cnt < _SEQ_BYTES, value_byte, rom_rd.data))
                         else:
                             m.d.comb += tx_byte.eq(value_byte)
                     with m.Case(_Source.COUNTERS):

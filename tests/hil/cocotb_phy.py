@@ -69,17 +69,25 @@ async def frames_both_ways(dut):
     # A byte takes 10 bit times each way; allow for the longest frame (the manifest) and more.
     wait = 10 * divisor * 600
 
-    await host.send(encode_frame(Frame(p.SYSTEM_KERNEL_ID, p.OP_MANIFEST, 77)))
+    nonce = 0x89ABCDEF  # all four bytes of the sequence number go through and back
+    await host.send(encode_frame(Frame(p.SYSTEM_KERNEL_ID, p.OP_MANIFEST, nonce)))
     answer = await host.response(1, wait)
-    assert (answer.kernel, answer.op, answer.seq) == (0, p.STATUS_OK, 77)
+    assert (answer.kernel, answer.op, answer.seq) == (0, p.STATUS_OK, nonce)
     assert answer.flags & p.FLAG_RESPONSE
     manifest = Manifest.parse(answer.payload)
     assert manifest.link == p.LINK_VERSION
     crc = next(k for k in manifest.kernels if k["name"] == "crc32c")
 
-    seq = manifest.expected_seq
+    # Resynchronise as a host does, to a number with every byte set.
+    seq = (manifest.expected_seq + 0x7F01FF02) & p.SEQ_MASK
+    await host.send(encode_frame(Frame(p.SYSTEM_KERNEL_ID, p.OP_SYNC, nonce + 1,
+                                       seq.to_bytes(4, "little"))))
+    answer = await host.response(2, wait)
+    assert (answer.kernel, answer.op, answer.seq) == (0, p.STATUS_OK, nonce + 1)
+    assert answer.payload == seq.to_bytes(4, "little")
+
     messages = [b"123456789", random.Random(1).randbytes(200)]
-    for n, message in enumerate(messages, start=2):
+    for n, message in enumerate(messages, start=3):
         await host.send(encode_frame(Frame(crc["id"], p.OP_CALL, seq, message)))
         answer = await host.response(n, wait)
         assert (answer.kernel, answer.op, answer.seq) == (crc["id"], p.STATUS_OK, seq)
@@ -91,7 +99,7 @@ async def frames_both_ways(dut):
     damaged[4] ^= 0x80 if damaged[4] != 0x80 else 0x40
     await host.send(bytes(damaged))
     await host.send(encode_frame(Frame(crc["id"], p.OP_CALL, seq, b"kept")))
-    answer = await host.response(len(messages) + 2, wait)
+    answer = await host.response(len(messages) + 3, wait)
     assert answer.seq == seq and answer.payload == google_crc32c.value(b"kept").to_bytes(4,
                                                                                      "little")
-    assert len(host.frames) == len(messages) + 2
+    assert len(host.frames) == len(messages) + 3

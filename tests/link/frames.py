@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import google_crc32c
 from cobs import cobs
 
-from hdl.link.protocol import CRC_SIZE, HEADER_SIZE, LINK_VERSION, OP_CALL
+from hdl.link.protocol import CRC_SIZE, HEADER_SIZE, LINK_VERSION, OP_CALL, SEQ_BITS
 
 __all__ = ["Response", "ref_request", "ref_frame", "parse_responses"]
 
@@ -25,7 +25,7 @@ def ref_request(kernel: int, seq: int, payload: bytes = b"", *, opcode: int = OP
     ``crc_error`` is XORed into the CRC."""
     length = len(payload) if length is None else length
     header = bytes([version, kernel, opcode, flags])
-    header += seq.to_bytes(2, "little") + length.to_bytes(2, "little")
+    header += seq.to_bytes(SEQ_BITS // 8, "little") + length.to_bytes(2, "little")
     return ref_frame(header + payload, crc_error=crc_error)
 
 
@@ -49,10 +49,10 @@ def parse_responses(link: bytes) -> list[Response]:
         assert len(frame) >= HEADER_SIZE + CRC_SIZE, frame.hex()
         body, crc = frame[:-CRC_SIZE], frame[-CRC_SIZE:]
         assert google_crc32c.value(body) == int.from_bytes(crc, "little"), frame.hex()
-        length = int.from_bytes(body[6:8], "little")
+        length = int.from_bytes(body[8:10], "little")
         assert length == len(body) - HEADER_SIZE, frame.hex()
         responses.append(Response(
             version=body[0], kernel=body[1], status=body[2], flags=body[3],
-            seq=int.from_bytes(body[4:6], "little"), payload=body[HEADER_SIZE:],
+            seq=int.from_bytes(body[4:8], "little"), payload=body[HEADER_SIZE:],
         ))
     return responses

@@ -16,8 +16,10 @@ from hdl.link.protocol import (
     FLAG_RESPONSE,
     KERNEL_COUNTERS,
     LINK_COUNTERS,
+    LINK_VERSION,
     OP_COUNTERS,
     OP_MANIFEST,
+    OP_SYNC,
     STATUS_BAD_FRAME,
     STATUS_BAD_OPCODE,
     STATUS_KERNEL_ERROR,
@@ -31,7 +33,7 @@ from hdl.stream import byte_stream
 from .frames import parse_responses, ref_frame, ref_request
 from .streams import stream_recv, stream_send
 
-MANIFEST = b'{"link":1,"board":"test","kernels":[]}'
+MANIFEST = b'{"link":2,"board":"test","kernels":[]}'
 MAX_PAYLOAD = 64
 MAX_RESPONSE = 16
 TIMEOUT = 150
@@ -141,8 +143,16 @@ def crc_le(data):
     return google_crc32c.value(data).to_bytes(4, "little")
 
 
+def u32(value):
+    return value.to_bytes(4, "little")
+
+
 def counters_request(seq=0):
     return ref_request(0, seq, opcode=OP_COUNTERS)
+
+
+def sync_request(target, nonce=0, *, size=4):
+    return ref_request(0, nonce, target.to_bytes(4, "little")[:size], opcode=OP_SYNC)
 
 
 def parse_counters(payload):
@@ -174,7 +184,7 @@ def test_crc_requests(idle, backpressure):
     got, _ = run(chunks, len(cases), seed=2, idle=idle, backpressure=backpressure)
     for seq, ((kernel, payload), response) in enumerate(zip(cases, got, strict=True)):
         assert (response.version, response.kernel, response.status, response.flags,
-                response.seq) == (1, kernel, STATUS_OK, FLAG_RESPONSE, seq)
+                response.seq) == (LINK_VERSION, kernel, STATUS_OK, FLAG_RESPONSE, seq)
         assert response.payload == crc_le(payload)
 
 
@@ -187,8 +197,8 @@ def test_manifest_reports_expected_seq():
     ]
     got, _ = run(chunks, 4)
     assert (got[0].kernel, got[0].status, got[0].seq) == (0, STATUS_OK, 77)
-    assert got[0].payload == b"\x00\x00" + MANIFEST
-    assert got[3].payload == b"\x02\x00" + MANIFEST
+    assert got[0].payload == u32(0) + MANIFEST
+    assert got[3].payload == u32(2) + MANIFEST
     assert got[3].seq == 78
 
 
@@ -234,7 +244,7 @@ def test_bad_frames_dropped_and_counted():
 
 def test_bad_frame_status():
     chunks = [
-        ref_request(CRC1, 0, b"abc", version=2),
+        ref_request(CRC1, 0, b"abc", version=1),  # the previous version
         ref_request(CRC1, 1, b"abc", length=2),
         ref_request(CRC1, 2, b"abc", length=300),
         ref_request(0, 9, b"", opcode=OP_MANIFEST, version=0),
@@ -295,14 +305,14 @@ def test_replay_window_edge(window):
     for i, seq in enumerate(replayed):
         assert got[3 + i] == got[seq]
     assert got[3 + window].status == STATUS_OUT_OF_SEQUENCE
-    assert got[3 + window].payload == b"\x03\x00"
+    assert got[3 + window].payload == u32(3)
     assert got[4 + window].payload == crc_le(b"\x03")
 
 
 def test_out_of_sequence():
     chunks = [
         ref_request(CRC1, 5, b"a"),  # nothing executed yet: the device expects 0
-        ref_request(CRC1, 0xFFFF, b"a"),  # just behind, but nothing was executed there
+        ref_request(CRC1, 0xFFFFFFFF, b"a"),  # just behind, but nothing was executed there
         ref_request(CRC1, 0, b"a"),
         ref_request(CRC1, 2, b"a"),  # ahead
         ref_request(CRC1, 1, b"b"),
@@ -310,9 +320,9 @@ def test_out_of_sequence():
     ]
     got, _ = run(chunks, 6)
     assert [(r.status, r.seq) for r in got[:5]] == [
-        (STATUS_OUT_OF_SEQUENCE, 5), (STATUS_OUT_OF_SEQUENCE, 0xFFFF), (STATUS_OK, 0),
+        (STATUS_OUT_OF_SEQUENCE, 5), (STATUS_OUT_OF_SEQUENCE, 0xFFFFFFFF), (STATUS_OK, 0),
         (STATUS_OUT_OF_SEQUENCE, 2), (STATUS_OK, 1)]
-    assert [r.payload for r in got[:4]] == [b"\x00\x00", b"\x00\x00", crc_le(b"a"), b"\x01\x00"]
+    assert [r.payload for r in got[:4]] == [u32(0), u32(0), crc_le(b"a"), u32(1)]
     link, kernels = parse_counters(got[5].payload)
     assert link["out_of_sequence"] == 3
     assert kernels[CRC1]["beats_in"] == 2
@@ -425,8 +435,10 @@ def test_parameters_checked():
         LinkBridge([(1, object())], b"", timeout_cycles=10)
     with pytest.raises(TypeError, match="manifest must be bytes"):
         LinkBridge([], "{}", timeout_cycles=10)
-    with pytest.raises(ValueError, match="max_payload must be from 1 to 65535"):
+    with pytest.raises(ValueError, match="max_payload must be from 4 to 65535"):
         LinkBridge([], b"", max_payload=0, timeout_cycles=10)
+    with pytest.raises(ValueError, match="max_payload must be from 4 to 65535"):
+        LinkBridge([], b"", max_payload=3, timeout_cycles=10)
     with pytest.raises(TypeError, match="timeout_cycles must be an integer"):
         LinkBridge([], b"", timeout_cycles=None)
     with pytest.raises(ValueError, match="window must be a power of two"):
@@ -439,7 +451,7 @@ def test_bridge_without_kernels():
               ref_request(0, 2, opcode=OP_COUNTERS)]
     got, _ = run(chunks, 3, dut=dut)
     assert [(r.status, r.payload) for r in got[:2]] == [
-        (STATUS_OK, b"\x00\x00"), (STATUS_UNKNOWN_KERNEL, b"")]
+        (STATUS_OK, u32(0)), (STATUS_UNKNOWN_KERNEL, b"")]
     assert len(got[2].payload) == 4 * len(LINK_COUNTERS) == dut.counters_size
 
 
@@ -457,3 +469,133 @@ def test_open_message_counter():
     assert parse_counters(got[1].payload)[1][CRC1]["open_message"] == 1
     assert parse_counters(got[3].payload)[1][CRC1]["open_message"] == 0
     assert got[2].payload == crc_le(b"partrest")
+
+
+@pytest.mark.parametrize("backpressure", [0.0, 0.7])
+def test_sync_ahead_forgets_the_window(backpressure):
+    target = 0x12345678  # ahead of 3, and its replay slot is frame 0's
+    chunks = [
+        ref_request(ECHO, 0, b"\x01"),
+        ref_request(ECHO, 1, b"\x02"),
+        ref_request(ECHO, 0, b"\x01"),  # a replay being sent while the sync runs
+        sync_request(target, nonce=55),
+        ref_request(ECHO, target, b"\x03" * MAX_RESPONSE),  # into the slot being replayed
+        ref_request(ECHO, 1, b"\x02"),  # executed before the sync: out of sequence now
+        ref_request(ECHO, target - 1, b"\x02"),
+        ref_request(ECHO, target, b"\x03" * MAX_RESPONSE),  # after the sync: a replay
+        counters_request(),
+    ]
+    got, _ = run(chunks, len(chunks), seed=7, backpressure=backpressure)
+    assert got[2] == got[0] and got[0].payload == b"\x01"
+    assert (got[3].kernel, got[3].status, got[3].seq, got[3].payload) == (
+        0, STATUS_OK, 55, u32(target))
+    assert (got[4].status, got[4].seq, got[4].payload) == (
+        STATUS_OK, target, b"\x03" * MAX_RESPONSE)
+    for response, seq in ((got[5], 1), (got[6], target - 1)):
+        assert (response.status, response.seq, response.payload) == (
+            STATUS_OUT_OF_SEQUENCE, seq, u32(target + 1))
+    assert got[7] == got[4]
+    link, kernels = parse_counters(got[8].payload)
+    assert (link["replays"], link["out_of_sequence"]) == (2, 2)
+    assert kernels[ECHO]["beats_in"] == 2 + MAX_RESPONSE
+
+
+@pytest.mark.parametrize("offset, moves", [
+    (0, False), (-1, False), (-8, False), (1 << 31, False), ((1 << 31) + 1, False),
+    (1, True), ((1 << 31) - 1, True),
+])
+def test_sync_moves_only_forward(offset, moves):
+    expected = 2
+    target = (expected + offset) & 0xFFFFFFFF
+    after = target if moves else expected
+    chunks = [
+        ref_request(CRC1, 0, b"a"),
+        ref_request(CRC1, 1, b"b"),
+        sync_request(target, nonce=0xCAFEF00D),
+        ref_request(0, 3, opcode=OP_MANIFEST),
+        ref_request(CRC1, 1, b"b"),  # a replay only if nothing changed
+        ref_request(CRC1, after, b"c"),
+    ]
+    got, _ = run(chunks, len(chunks))
+    assert (got[2].kernel, got[2].status, got[2].seq, got[2].payload) == (
+        0, STATUS_OK, 0xCAFEF00D, u32(after))
+    assert got[3].payload == u32(after) + MANIFEST
+    if moves:
+        assert (got[4].status, got[4].payload) == (STATUS_OUT_OF_SEQUENCE, u32(after))
+    else:
+        assert got[4] == got[1]
+    assert (got[5].status, got[5].seq, got[5].payload) == (STATUS_OK, after, crc_le(b"c"))
+
+
+@pytest.mark.parametrize("size", [0, 2, 3])
+def test_short_sync_is_a_bad_frame(size):
+    chunks = [
+        sync_request(100, nonce=4, size=size),
+        ref_request(CRC1, 0, b"a"),  # nothing moved
+        ref_request(0, 5, bytes.fromhex("6400000077"), opcode=OP_SYNC),  # the fifth is ignored
+        ref_request(CRC1, 100, b"b"),
+    ]
+    got, _ = run(chunks, 4)
+    assert [(r.kernel, r.status, r.seq, r.payload) for r in got] == [
+        (0, STATUS_BAD_FRAME, 4, b""),
+        (CRC1, STATUS_OK, 0, crc_le(b"a")),
+        (0, STATUS_OK, 5, u32(100)),
+        (CRC1, STATUS_OK, 100, crc_le(b"b")),
+    ]
+
+
+def test_sequence_numbers_wrap():
+    top = 0xFFFFFFFE
+    numbers = [top, top + 1, 0, 1]
+    chunks = [sync_request(0x7FFFFFFF), sync_request(top)]  # a sync moves less than 2**31
+    chunks += [ref_request(CRC4, seq & 0xFFFFFFFF, bytes([n] * 5))
+               for n, seq in enumerate(numbers)]
+    chunks += [
+        ref_request(CRC4, 0xFFFFFFFF, bytes([1] * 5)),  # a replay across the wrap
+        ref_request(CRC4, top - 1, b"x"),  # before the sync: out of sequence
+        ref_request(0, 0, opcode=OP_MANIFEST),
+        counters_request(),
+    ]
+    got, _ = run(chunks, len(chunks), backpressure=0.3)
+    assert [r.payload for r in got[:2]] == [u32(0x7FFFFFFF), u32(top)]
+    for n, seq in enumerate(numbers):
+        response = got[2 + n]
+        assert (response.status, response.seq, response.payload) == (
+            STATUS_OK, seq & 0xFFFFFFFF, crc_le(bytes([n] * 5)))
+    assert got[6] == got[3]
+    assert (got[7].status, got[7].payload) == (STATUS_OUT_OF_SEQUENCE, u32(2))
+    assert got[8].payload == u32(2) + MANIFEST
+    link, kernels = parse_counters(got[9].payload)
+    assert (link["replays"], link["out_of_sequence"]) == (1, 1)
+    assert kernels[CRC4]["beats_in"] == 2 * len(numbers)  # 5 bytes: two beats each
+
+
+def test_expected_number_reported_in_32_bits():
+    target = 0x7EDCBA98
+    chunks = [
+        sync_request(target),
+        ref_request(CRC1, 5, b"a"),
+        ref_request(0, 1, opcode=OP_MANIFEST),
+        ref_request(CRC1, target, b"a"),
+        ref_request(CRC1, target + 2, b"a"),
+    ]
+    got, _ = run(chunks, len(chunks))
+    assert (got[1].status, got[1].payload) == (STATUS_OUT_OF_SEQUENCE, u32(target))
+    assert got[2].payload == u32(target) + MANIFEST
+    assert (got[4].status, got[4].payload) == (STATUS_OUT_OF_SEQUENCE, u32(target + 1))
+
+
+@pytest.mark.parametrize("kernel", [CRC1, CRC4])
+def test_open_message_survives_sync(kernel):
+    chunks = [
+        ref_request(kernel, 0, b"abc", flags=FLAG_MORE),  # leaves a partial beat on CRC4
+        sync_request(1000),
+        ref_request(kernel, 1000, b"defgh"),
+        counters_request(),
+    ]
+    got, _ = run(chunks, 4)
+    assert [(r.status, r.payload) for r in got[:3]] == [
+        (STATUS_OK, b""), (STATUS_OK, u32(1000)), (STATUS_OK, crc_le(b"abcdefgh"))]
+    _, kernels = parse_counters(got[3].payload)
+    assert kernels[kernel]["open_message"] == 0
+    assert kernels[kernel]["beats_in"] == (8 if kernel == CRC1 else 2)
