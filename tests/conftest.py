@@ -1,4 +1,10 @@
-"""Options of the whole suite."""
+"""Options of the whole suite, and the fault tests' tally printed at the end of a run."""
+
+from __future__ import annotations
+
+import pytest
+
+_TALLY: list[tuple[str, dict[str, int]]] = []
 
 
 def pytest_addoption(parser):
@@ -8,3 +14,22 @@ def pytest_addoption(parser):
                          "default), or a board's port, e.g. serial:///dev/ttyUSB1")
     group.addoption("--board", default="icebreaker",
                     help="the board behind --device (and the virtual board's board)")
+
+
+@pytest.fixture
+def fault_tally(request):
+    """A dict a fault test counts its outcomes in (correct, errors, fallbacks, ...); every
+    test's counts are shown at the end of the run."""
+    counts: dict[str, int] = {}
+    yield counts
+    if counts:
+        _TALLY.append((request.node.nodeid.split("::")[-1], counts))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _TALLY:
+        return
+    terminalreporter.section("fault tests: what every call returned")
+    for name, counts in _TALLY:
+        terminalreporter.write_line(
+            f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

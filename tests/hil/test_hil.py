@@ -4,9 +4,11 @@ against ``--device`` (a virtual board unless told otherwise)."""
 import math
 import random
 import struct
+import threading
 import time
 
 import google_crc32c
+import numpy as np
 import pytest
 from cobs import cobs
 from hypothesis import HealthCheck, given, settings
@@ -62,6 +64,33 @@ def test_multi_frame_messages(device):
     for n in (size - 1, size, size + 1, 3 * size + 7):
         data = rng.randbytes(n)
         assert device.crc32c(data) == google_crc32c.value(data)
+
+
+def test_threads_share_one_device(device):
+    """4 threads x 50 calls on one device: each call gets its own answer."""
+    results: dict[int, list[tuple[bytes, int]]] = {}
+
+    def worker(seed):
+        rng = random.Random(seed)
+        messages = [rng.randbytes(rng.randrange(0, 3000)) for _ in range(50)]
+        results[seed] = [(m, device.crc32c(m)) for m in messages]
+
+    before = device.stats()["kernels"]["crc32c"]["gateware"]
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    calls = [call for seed in range(4) for call in results[seed]]
+    assert len(calls) == 200
+    assert all(crc == google_crc32c.value(m) for m, crc in calls)
+    assert device.stats()["kernels"]["crc32c"]["gateware"] - before == 200
+
+
+def test_a_call_of_100_mib(device):
+    """Version 1 wrapped its 16-bit sequence numbers inside a call over 64 MiB and failed."""
+    data = np.random.default_rng(100).integers(0, 256, 100 << 20, dtype=np.uint8).tobytes()
+    assert device.crc32c(data) == google_crc32c.value(data)
 
 
 def beats(message_len: int, width: int) -> int:
