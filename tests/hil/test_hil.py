@@ -147,7 +147,7 @@ def test_faults_lose_nothing_and_run_nothing_twice(device):
 
 
 def raw_frame(version, kernel, op, seq, payload=b"", flags=0, length=None):
-    body = struct.pack("<BBBBHH", version, kernel, op, flags, seq,
+    body = struct.pack("<BBBBIH", version, kernel, op, flags, seq,
                        len(payload) if length is None else length) + payload
     body += google_crc32c.value(body).to_bytes(4, "little")
     return cobs.encode(body) + b"\x00"
