@@ -7,7 +7,8 @@ Frames are COBS-encoded and each ends with one 0x00 byte. A decoded frame is::
     0       1     link version (LINK_VERSION)
     1       1     kernel id (0 is the system kernel)
     2       1     request: opcode; response: status
-    3       1     flags (request: FLAG_MORE; response: FLAG_RESPONSE)
+    3       1     flags (request: FLAG_MORE, FLAG_CONTINUE; response: FLAG_RESPONSE,
+                  FLAG_MORE)
     4       4     sequence number, little-endian (32 bits)
     8       2     payload length, little-endian
     10      n     payload
@@ -32,19 +33,39 @@ Rules the device keeps:
   executed twice. Any other number is answered with STATUS_OUT_OF_SEQUENCE, whose payload is
   the expected number (u32 LE), and is not executed: the host goes back and resends from there.
   Distances between numbers are taken modulo 2**32.
+* The opcode of a frame to a kernel is one of the kernel's operations (0 to 127, as it declares
+  them), or OP_RESET. An opcode the kernel does not declare is answered STATUS_BAD_OPCODE and
+  nothing reaches the kernel. The opcode of a message's frames travels beside its bytes (the
+  ``op`` field of the kernel's request stream); a message's frames all carry the same one.
 * A request with FLAG_MORE carries part of a kernel message: its payload is passed to the kernel
-  without ending the message, and its response is an empty STATUS_OK. The response to the frame
-  that ends the message carries the kernel's response.
+  without ending the message. The frame that ends the message has no FLAG_MORE.
+* Responses may be as long as requests. What the kernel answers while a frame of its message
+  runs goes into that frame's response, up to max_response bytes; while that is full the kernel
+  is held (not read). A frame before the message's last is done when its payload has gone in;
+  the last frame is done when the kernel's response has ended or max_response bytes are taken.
+  In the second case the response carries FLAG_MORE, and the rest is fetched with continuation
+  frames: FLAG_CONTINUE, the same kernel and opcode, no payload, each answered with the next
+  max_response bytes at most and FLAG_MORE while still more follows. A continuation when the
+  kernel has nothing pending is answered STATUS_OK, empty, without FLAG_MORE (so a host may send
+  as many as the largest response could need, in the same window). Every response, whatever
+  frame it answers, is kept for replay: a retried frame is never run again and no response byte
+  is lost or repeated, for a stateful kernel as for a stateless one.
+* A kernel whose response is still pending when a new message to it starts has the rest of that
+  response taken and dropped first, so no byte of it reaches the new message's response.
 * Every good frame to a kernel other than 0 is sequenced, whatever its status: an error
   response uses up its sequence number and is kept for replay like any other, so a host with
   frames in flight does not see every frame after an error answered OUT_OF_SEQUENCE.
-* A kernel whose response would exceed the device's max_response is answered STATUS_TOO_LONG
-  with an empty payload (the kernel has run). A kernel that makes no progress for the link's
-  timeout is answered STATUS_KERNEL_ERROR with an empty payload.
-* Errors that a good frame can earn: STATUS_BAD_FRAME (wrong version or a length field that
-  disagrees with the frame), STATUS_UNKNOWN_KERNEL, STATUS_BAD_OPCODE, STATUS_TOO_LONG (payload
-  over the device's max_payload; the frame is still checked and answered) and
-  STATUS_KERNEL_ERROR (the kernel raised its error flag; the payload is its response).
+* OP_RESET (sequenced, so it happens exactly once) returns the kernel to its state after
+  power-on: a message left open is abandoned, a pending response dropped. Answered STATUS_OK,
+  empty.
+* A kernel that makes no progress for the link's timeout while a frame waits on it is answered
+  STATUS_KERNEL_TIMEOUT with an empty payload (a fault of the device, not of the request).
+* Errors that a good frame can earn: STATUS_BAD_FRAME (wrong version, a length field that
+  disagrees with the frame, a payload on a continuation), STATUS_UNKNOWN_KERNEL,
+  STATUS_BAD_OPCODE, STATUS_TOO_LONG (payload over the device's max_payload; the frame is still
+  checked and answered), STATUS_KERNEL_ERROR (the kernel raised ``error`` on the last beat of its
+  response: the request was malformed; the payload is the rest of its response, which the
+  kernel's host module turns into a KernelError) and STATUS_KERNEL_TIMEOUT.
 * OP_SYNC's payload is a target sequence number T (u32 LE; a shorter payload is
   STATUS_BAD_FRAME). If T is ahead of the expected number E (0 < T - E < 2**31, modulo 2**32)
   the device sets E to T and forgets its replay window; otherwise (a duplicate or a stale sync)
@@ -66,8 +87,9 @@ Rules the host keeps, so that no call is ever answered with another request's re
   duplicated, or resent by a host that died) is never executed in place of a new one, and a
   stale response can never be matched to a new request. A sync answered with anything but T is
   a failed resynchronisation. The host then reads the counters and ends any message left open
-  (OP_CALL with an empty final frame, whose response it drops), so that its next call is not
-  appended to the bytes of an abandoned one.
+  (an empty final frame, whose response it drops), so that its next call is not appended to the
+  bytes of an abandoned one. (A stateful kernel has then taken a request cut short; a call that
+  raised may have been applied in part, as on any device that fails mid-request.)
 * A response is accepted only if its kernel is the request's and its sequence number is one of
   the current exchange's (for a system request: the nonce of the request). Everything else is
   counted as stale and dropped.
@@ -76,6 +98,10 @@ Rules the host keeps, so that no call is ever answered with another request's re
 * Retrying a frame is always safe: the device answers a frame it has run from its replay window.
   The host retries a whole *call* only when the kernel is stateless (running it twice gives the
   same answer and changes nothing).
+* The host sizes a message's frames so that what the kernel can answer while one runs fits in
+  max_response (each operation declares how many response bytes a request byte can give at
+  most, and how many it may hold back from one frame to the next); a kernel that answers more
+  than it declared is held, and timed out, rather than let a response byte be lost.
 
 System kernel opcodes:
 
@@ -89,12 +115,13 @@ System kernel opcodes:
 """
 
 __all__ = [
-    "LINK_VERSION", "HEADER_SIZE", "CRC_SIZE", "SEQ_BITS", "SEQ_MASK", "FLAG_MORE", "FLAG_RESPONSE",
-    "REPLAY_WINDOW", "SYNC_GAP",
+    "LINK_VERSION", "HEADER_SIZE", "CRC_SIZE", "SEQ_BITS", "SEQ_MASK",
+    "FLAG_MORE", "FLAG_CONTINUE", "FLAG_RESPONSE", "REPLAY_WINDOW", "SYNC_GAP",
     "MAX_PAYLOAD", "MAX_RESPONSE", "SYSTEM_KERNEL_ID",
-    "OP_CALL", "OP_MANIFEST", "OP_COUNTERS", "OP_SYNC",
+    "OP_CALL", "OP_RESET", "MAX_OPERATIONS", "OP_MANIFEST", "OP_COUNTERS", "OP_SYNC",
     "STATUS_OK", "STATUS_BAD_FRAME", "STATUS_UNKNOWN_KERNEL", "STATUS_KERNEL_ERROR",
-    "STATUS_TOO_LONG", "STATUS_BAD_OPCODE", "STATUS_OUT_OF_SEQUENCE", "STATUS_BUSY", "STATUS_NAMES",
+    "STATUS_TOO_LONG", "STATUS_BAD_OPCODE", "STATUS_OUT_OF_SEQUENCE", "STATUS_BUSY",
+    "STATUS_KERNEL_TIMEOUT", "STATUS_NAMES",
     "LINK_COUNTERS", "KERNEL_COUNTERS",
 ]
 
@@ -102,6 +129,7 @@ LINK_VERSION = 2
 HEADER_SIZE = 10
 CRC_SIZE = 4
 FLAG_MORE = 0x01
+FLAG_CONTINUE = 0x02
 FLAG_RESPONSE = 0x80
 
 SEQ_BITS = 32
@@ -114,12 +142,16 @@ SYNC_GAP = 1 << 16
 #: Default largest request payload a device takes in one frame.
 MAX_PAYLOAD = 1024
 #: Default largest kernel response a device sends in one frame (and keeps for replay).
-MAX_RESPONSE = 64
+MAX_RESPONSE = 1024
 
 SYSTEM_KERNEL_ID = 0
 
-# Opcodes. Kernels other than the system kernel take OP_CALL.
+# Opcodes of kernels other than the system kernel: their operations, 0 to MAX_OPERATIONS - 1,
+# and OP_RESET. A kernel with one operation calls it OP_CALL.
 OP_CALL = 0
+MAX_OPERATIONS = 128
+OP_RESET = 0xFF
+# Opcodes of the system kernel.
 OP_MANIFEST = 0
 OP_COUNTERS = 1
 OP_SYNC = 2
@@ -133,6 +165,7 @@ STATUS_TOO_LONG = 4
 STATUS_BAD_OPCODE = 5
 STATUS_OUT_OF_SEQUENCE = 6
 STATUS_BUSY = 7
+STATUS_KERNEL_TIMEOUT = 8
 
 STATUS_NAMES = {
     STATUS_OK: "ok",
@@ -143,6 +176,7 @@ STATUS_NAMES = {
     STATUS_BAD_OPCODE: "bad opcode",
     STATUS_OUT_OF_SEQUENCE: "out of sequence",
     STATUS_BUSY: "busy: another host holds the device",
+    STATUS_KERNEL_TIMEOUT: "kernel timed out",
 }
 
 #: Link-wide counters, in the order OP_COUNTERS reports them.
