@@ -8,7 +8,7 @@
 
 from .device import Device  # noqa: A001  (offload.open is the API)
 from .device import open_device as open
-from .errors import DeviceError, KernelNotFound, OffloadError
+from .errors import DeviceError, KernelError, KernelNotFound, OffloadError
 
-__all__ = ["open", "Device", "OffloadError", "DeviceError", "KernelNotFound"]
+__all__ = ["open", "Device", "OffloadError", "DeviceError", "KernelError", "KernelNotFound"]
 __version__ = "0.1.0"

@@ -25,7 +25,7 @@ from typing import Any
 from .errors import OffloadError
 from .kernels import KernelSpec
 
-__all__ = ["Row", "BenchReport", "measure_cpu", "measure_amaranth_sim", "check_output_file",
+__all__ = ["Row", "BenchReport", "measure_amaranth_sim", "check_output_file",
            "check_plot_support", "write_json", "write_plot"]
 
 MEASURED = "measured"
@@ -94,16 +94,11 @@ def time_call(fn: Callable[[], Any], *, min_seconds: float = 0.3, repeats: int =
     return best
 
 
-def measure_cpu(spec: KernelSpec, data: bytes) -> float:
-    """Seconds per call of the CPU path on ``data``."""
-    return time_call(lambda: spec.cpu(data))
-
-
 def measure_amaranth_sim(spec: KernelSpec, width: int, cycles: int = 4000) -> tuple[int, float]:
     """Amaranth's own simulator streaming beats through the kernel: (cycles, seconds)."""
     from amaranth.sim import Simulator
 
-    dut = spec.gateware(width)
+    dut = spec.component(**({"width": width} if "width" in spec.params else {}))
     payload = random.Random(1).randbytes(width)
     elapsed = 0.0
 
@@ -111,8 +106,10 @@ def measure_amaranth_sim(spec: KernelSpec, width: int, cycles: int = 4000) -> tu
         nonlocal elapsed
         ctx.set(dut.o_stream.ready, 1)
         ctx.set(dut.i_stream.valid, 1)
-        ctx.set(dut.i_stream.payload, {"data": int.from_bytes(payload, "little"),
-                                       "nbytes": width, "last": 0, "error": 0})
+        fields = {"data": int.from_bytes(payload, "little"), "nbytes": width, "last": 0,
+                  "error": 0, "op": 0}
+        layout = dut.i_stream.payload.shape()
+        ctx.set(dut.i_stream.payload, {k: v for k, v in fields.items() if k in layout.members})
         start = time.perf_counter()
         for i in range(cycles):
             # A message ends every 64 beats so the finishing stages and the queue work too.

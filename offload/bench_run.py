@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 import time
 from collections.abc import Sequence
@@ -13,11 +14,11 @@ from rich.table import Table
 
 from hdl.link import protocol as p
 
-from .bench import DERIVED, MEASURED, BenchReport, bench_data, measure_amaranth_sim, measure_cpu
+from .bench import DERIVED, MEASURED, BenchReport, measure_amaranth_sim, time_call
 from .build import progress_bar
-from .errors import OffloadError
-from .gateware import board_width
-from .kernels import KernelSpec
+from .errors import KernelError, OffloadError
+from .gateware import board_width, kernel_label
+from .kernels import KernelSpec, Response
 from .link.codec import wire_size
 
 __all__ = ["run_bench", "print_report"]
@@ -45,7 +46,6 @@ def run_bench(specs: Sequence[KernelSpec], *, size: int, boards: Sequence[str] |
     if device is not None:
         check_spec(device)
     report = BenchReport()
-    data = bench_data(size)
     steps = len(specs) * (2 + 2 * len(board_names) + 3) + (2 if device else 0)
     with progress_bar(console) as progress:
         task = progress.add_task("bench", total=steps)
@@ -57,41 +57,53 @@ def run_bench(specs: Sequence[KernelSpec], *, size: int, boards: Sequence[str] |
             progress.advance(task)
 
         for spec in specs:
-            _bench_kernel(report, spec, data, board_names, step, done)
+            _bench_kernel(report, spec, size, board_names, step, done)
         if device:
-            _bench_device(report, specs, data, device, step, done)
+            _bench_device(report, specs, size, device, step, done)
     return report
 
 
-def _bench_kernel(report: BenchReport, spec: KernelSpec, data: bytes, board_names, step, done):
+def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names, step, done):
     from boards import get_board
 
-    size = len(data)
-    expected = spec.cpu(data)
+    op_name, args = spec.workload(spec.resolve(), size, random.Random(0))
+    op = spec.operation(op_name)
+    label = spec.name if len(spec.operations) == 1 else f"{spec.name}.{op.name}"
+    messages = op.encode(spec.resolve(), *args)
+    size = sum(len(m) for m in messages)
 
-    step(f"{spec.name}: CPU path")
-    seconds = measure_cpu(spec, data)
+    step(f"{label}: CPU path")
+    seconds = time_call(lambda: spec.cpu(*args, op=op.name))
     cpu_mbs = size / seconds / 1e6
     report.add(spec.name, "CPU path", cpu_mbs, "MB/s", MEASURED,
-               f"{spec.cpu.__module__}.cpu on {size} bytes, best of 5 timed batches")
+               f"{spec.model.__module__}, {label} on {size} request bytes, best of 5 timed "
+               "batches")
     done()
 
     widths = sorted({board_width(b, spec) for b in board_names} | {spec.default_width})
     cycles_per_byte: dict[int, float] = {}
+    response_len = 0
     for width in widths:
-        step(f"{spec.name}: gateware at {width} B/cycle in Verilator")
+        step(f"{label}: gateware at {width} B/cycle in Verilator")
+        params = spec.resolve({"width": width} if "width" in spec.params else {})
+        expected = spec.cpu(*args, op=op.name, params=params)
         harness = _harness(spec, width)
-        result = harness.run([data])
-        got = spec.decode(result.outputs[0])
-        if got != expected or result.errors[0]:
-            raise OffloadError(f"{spec.name} at width {width} gave {got!r} in simulation, the "
+        result = harness.run(messages)
+        responses = [Response(out, bool(err)) for out, err in zip(result.outputs, result.errors,
+                                                                   strict=True)]
+        try:
+            got = spec.result(op, params, responses, args, {})
+        except (KernelError, ValueError) as exc:
+            got = exc
+        if got != expected:
+            raise OffloadError(f"{label} at width {width} gave {got!r} in simulation, the "
                                f"CPU path {expected!r}: the gateware is wrong")
         cycles_per_byte[width] = result.active_cycles / max(size, 1)
-        response_len = len(result.outputs[0])
+        response_len = sum(len(r.data) for r in responses)
         report.add(spec.name, f"gateware cycles per byte, {width} B/cycle",
                    cycles_per_byte[width], "cycles/B", MEASURED,
                    f"Verilator harness, {result.active_cycles} cycles from first beat to "
-                   f"result for {size} bytes")
+                   f"result for {size} request bytes ({label})")
     done()
 
     for board_name in board_names:
@@ -121,7 +133,8 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, data: bytes, board_name
                    f"link x {100 * framing:.1f}% framing efficiency at {p.MAX_PAYLOAD} B "
                    "frames (COBS, header, CRC), capped by the kernel at the board clock")
         small = 64
-        wire = wire_size(len(spec.encode(data[:small]))) + wire_size(response_len)
+        small_response = max(1, response_len * small // max(size, 1))
+        wire = wire_size(small) + wire_size(small_response)
         kernel_cycles = small * cycles_per_byte[width] + 16
         report.add(spec.name, f"{small}-byte call round trip on {board_name}",
                    1e6 * (wire * 10 / board.link_baud + kernel_cycles / board.clock_hz), "us",
@@ -134,9 +147,10 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, data: bytes, board_name
     width = spec.default_width
     step(f"{spec.name}: simulation speeds at {width} B/cycle")
     harness = _harness(spec, width)
-    per_message = max(1, (4096 + width - 1) // width)
-    messages = [data[:4096] or b"\x00"] * max(1, _HARNESS_SPEED_CYCLES // per_message)
-    result = harness.run(messages)
+    _, speed_args = spec.workload(spec.resolve(), 4096, random.Random(1))
+    speed_messages = op.encode(spec.resolve(), *speed_args)
+    per_message = max(1, sum(len(m) for m in speed_messages) // width)
+    result = harness.run(speed_messages * max(1, _HARNESS_SPEED_CYCLES // per_message))
     report.add(spec.name, f"Verilator harness speed, {width} B/cycle",
                result.cycles_per_second, "cycles/s", MEASURED,
                f"{result.cycles:,} cycles in {result.seconds:.3f} s (C++ loop, -O3)")
@@ -155,8 +169,9 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, data: bytes, board_name
 def _harness(spec: KernelSpec, width: int):
     from sim.harness import StreamHarness
 
-    return StreamHarness.for_component(lambda: spec.gateware(width),
-                                       f"{spec.name}_w{width}", width)
+    params = {"width": width} if "width" in spec.params else {}
+    return StreamHarness.for_component(lambda: spec.component(**params),
+                                       kernel_label(spec, spec.resolve(params)), width)
 
 
 def _build(board_name: str, spec: KernelSpec, width: int):
@@ -172,7 +187,9 @@ def _cocotb_speed(spec: KernelSpec, width: int) -> float:
     layout = byte_layout(width)
     with tempfile.TemporaryDirectory(prefix="offload-cocotb-") as tmp:
         out = Path(tmp) / "speed.json"
-        run_cocotb(lambda: spec.gateware(width), f"{spec.name}_w{width}", "sim.cocotb_speed",
+        params = {"width": width} if "width" in spec.params else {}
+        run_cocotb(lambda: spec.component(**params), kernel_label(spec, spec.resolve(params)),
+                   "sim.cocotb_speed",
                    Path(tmp), parameters={"width": width, "cycles": _COCOTB_CYCLES,
                                           "nbytes_offset": layout["nbytes"].offset,
                                           "last_offset": layout["last"].offset},
@@ -181,7 +198,7 @@ def _cocotb_speed(spec: KernelSpec, width: int) -> float:
     return record["cycles"] / record["seconds"]
 
 
-def _bench_device(report: BenchReport, specs, data: bytes, device_spec: str, step, done):
+def _bench_device(report: BenchReport, specs, size: int, device_spec: str, step, done):
     from .device import open_device
 
     step(f"opening {device_spec}")
@@ -192,36 +209,60 @@ def _bench_device(report: BenchReport, specs, data: bytes, device_spec: str, ste
                 report.skipped.append(f"{spec.name}: not on {device_spec}")
                 continue
             step(f"{spec.name}: end to end on {device_spec}")
-            seconds, wire = _through_link(device, spec, [data])
-            report.add(spec.name, f"end to end on {device_spec}", len(data) / seconds / 1e6,
-                       "MB/s", MEASURED, f"{len(data)} bytes through the link and back, "
-                       f"{seconds:.3f} s")
-            report.add(spec.name, f"link efficiency on {device_spec}", 100 * len(data) / wire,
+            op_name, args = spec.workload(device.params(spec.name), size, random.Random(0))
+            seconds, payload, wire = _through_link(device, spec, op_name, [args])
+            report.add(spec.name, f"end to end on {device_spec}", payload / seconds / 1e6,
+                       "MB/s", MEASURED, f"{payload} payload bytes (request and response) "
+                       f"through the link, {seconds:.3f} s")
+            report.add(spec.name, f"link efficiency on {device_spec}", 100 * payload / wire,
                        "%", MEASURED,
-                       f"payload bytes / wire bytes both ways ({len(data)} / {wire})")
-            calls = [bench_data(4096, seed=1)] * 8
-            _, wire = _through_link(device, spec, calls)
+                       f"payload bytes / wire bytes both ways ({payload} / {wire})")
+            calls = [spec.workload(device.params(spec.name), 4096, random.Random(i))[1]
+                     for i in range(8)]
+            _, payload, wire = _through_link(device, spec, op_name, calls)
             report.add(spec.name, f"link efficiency, 4 KiB calls, on {device_spec}",
-                       100 * 4096 * len(calls) / wire, "%", MEASURED,
-                       f"payload bytes / wire bytes both ways, {len(calls)} calls")
+                       100 * payload / wire, "%", MEASURED,
+                       f"payload bytes / wire bytes both ways, {len(calls)} calls of "
+                       f"{op_name} on 4 KiB requests ({payload} / {wire})")
         done()
 
 
-def _through_link(device, spec: KernelSpec, messages: list[bytes]) -> tuple[float, int]:
-    """Call ``spec`` on each message through ``device``: (seconds, wire bytes both ways).
+def _through_link(device, spec: KernelSpec, op: str, calls: list[tuple]
+                  ) -> tuple[float, int, int]:
+    """Call ``spec.op`` on each args tuple through ``device``: (seconds, payload bytes both
+    ways, wire bytes both ways).
 
-    Each result is checked against the CPU path: a wrong answer is never timed as a fast one.
+    Each result is checked against the CPU path (a stateful kernel is reset first, so both
+    start from power-on): a wrong answer is never timed as a fast one.
     """
-    expected = [spec.cpu(message) for message in messages]
+    params = device.params(spec.name)
+    expected = []
+    model = spec.model(params)
+    for args in calls:
+        try:
+            expected.append(spec.run_on_model(model, spec.operation(op), params, args, {}))
+        except KernelError as exc:
+            expected.append(exc)
+    if spec.stateful:
+        device.reset(spec.name)
     before = dict(device.backend.counters())
     start = time.perf_counter()
-    got = [device.call(spec.name, message) for message in messages]
+    got = []
+    for args in calls:
+        try:
+            got.append(device.call(spec.name, *args, op=op))
+        except KernelError as exc:
+            got.append(exc)
     seconds = time.perf_counter() - start
     after = device.backend.counters()
     if got != expected:
-        raise OffloadError(f"{spec.name} on {device.spec} disagrees with the CPU path")
-    wire = sum(after.get(k, 0) - before.get(k, 0) for k in ("wire_bytes_out", "wire_bytes_in"))
-    return seconds, max(wire, 1)
+        raise OffloadError(f"{spec.name}.{op} on {device.spec} disagrees with the CPU path")
+    delta = {k: after.get(k, 0) - before.get(k, 0)
+             for k in ("wire_bytes_out", "wire_bytes_in", "payload_bytes_out",
+                       "payload_bytes_in")}
+    wire = delta["wire_bytes_out"] + delta["wire_bytes_in"]
+    payload = delta["payload_bytes_out"] + delta["payload_bytes_in"]
+    return seconds, payload, max(wire, 1)
 
 
 def print_report(report: BenchReport, console: Console) -> None:

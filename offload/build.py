@@ -11,7 +11,7 @@ from rich.table import Table
 
 from . import kernels as registry
 from .errors import OffloadError
-from .gateware import board_width, device_design
+from .gateware import board_width, device_design, kernel_label
 
 __all__ = ["build_kernel", "build_device", "check_build_dir", "print_report", "progress_bar"]
 
@@ -46,7 +46,8 @@ def check_build_dir(build_dir: Path | None, what: str = "the build folder") -> P
 
 
 def build_kernel(board: str, kernel: str, *, width: int | None = None,
-                 build_dir: Path | None = None, progress: Progress | None = None):
+                 params: dict | None = None, build_dir: Path | None = None,
+                 progress: Progress | None = None):
     """Build ``kernel`` alone between ``board``'s pins, for its fmax and resources.
 
     Returns a ``boards.build.BuildReport``; ``progress`` shows the steps if given.
@@ -56,20 +57,27 @@ def build_kernel(board: str, kernel: str, *, width: int | None = None,
 
     check_build_dir(build_dir)
     spec = registry.get(kernel)
-    width = board_width(board, spec, width)
-    name = f"{spec.name}_w{width}"
-    return build(board, lambda: KernelPinTop(spec.gateware(width)), name=name,
+    params = dict(params or {})
+    if width is not None or "width" in spec.params:
+        if "width" in spec.params:
+            params.setdefault("width", board_width(board, spec, width))
+        else:
+            board_width(board, spec, width)  # an error for a width the kernel cannot have
+    params = spec.resolve(params, board=board)
+    name = kernel_label(spec, params)
+    return build(board, lambda: KernelPinTop(spec.component(**params)), name=name,
                  build_dir=build_dir, progress=_steps(progress, f"{board}: {name}"))
 
 
 def build_device(board: str, kernel_names, *, width: int | None = None,
-                 build_dir: Path | None = None, progress: Progress | None = None):
+                 params: dict | None = None, build_dir: Path | None = None,
+                 progress: Progress | None = None):
     """Build the device for ``board``: UART, link bridge and kernels. A BuildReport."""
     from boards import get_board
     from boards.build import build
 
     check_build_dir(build_dir)
-    design = device_design(board, kernel_names, width)
+    design = device_design(board, kernel_names, width, params=params)
     # Placed and routed for the board's own clock, which is what the device runs at.
     return build(board, lambda: design.top("board"), name=design.name, build_dir=build_dir,
                  progress=_steps(progress, f"{board}: {design.name}"),

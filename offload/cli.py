@@ -46,21 +46,53 @@ def main() -> None:
 
 @main.command("kernels")
 def kernels_cmd() -> None:
-    """List the kernels: id, version, beat widths and where each can run."""
+    """List the kernels: id, version, operations, parameters and where each can run."""
     from boards import BOARDS
 
     table = Table(title="offload kernels")
-    for column in ("kernel", "id", "version", "widths (bytes/cycle)", "runs on", "what"):
-        table.add_column(column)
+    for column in ("kernel", "id", "version", "operations", "parameters (default)", "state",
+                   "runs on", "what"):
+        table.add_column(column, overflow="fold")
     places = ["cpu", "sim", *BOARDS]
     for spec in registry.KERNELS:
+        params = "\n".join(f"{name}={param.describe()}" for name, param in spec.params.items())
+        for board, values in spec.board_params.items():
+            params += f"\n{board}: " + ", ".join(f"{k}={v}" for k, v in values.items())
         table.add_row(spec.name, str(spec.id), str(spec.version),
-                      ", ".join(map(str, spec.widths)), ", ".join(places), spec.summary)
+                      ", ".join(op.name for op in spec.operations), params or "-",
+                      "stateful" if spec.stateful else "stateless", ", ".join(places),
+                      spec.summary)
     console.print(table)
 
 
 def _kernel_names() -> list[str]:
     return [spec.name for spec in registry.KERNELS]
+
+
+class KernelArg(click.ParamType):
+    """``NAME`` or ``NAME:key=value,...``: a kernel and the parameters to build it with."""
+
+    name = "KERNEL[:key=value,...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name, _, rest = value.partition(":")
+        try:
+            spec = registry.get(name)
+        except OffloadError as exc:
+            self.fail(str(exc), param, ctx)
+        values: dict[str, str] = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, val = item.partition("=")
+            if not eq or not key or not val:
+                self.fail(f"{item!r} is not key=value (in {value!r})", param, ctx)
+            values[key.strip()] = val.strip()
+        try:
+            spec.resolve(values)  # names and limits checked now, before any build
+        except OffloadError as exc:
+            self.fail(str(exc), param, ctx)
+        return (name, values)
 
 
 def _board_names() -> list[str]:
@@ -72,16 +104,17 @@ def _board_names() -> list[str]:
 @main.command("build")
 @click.option("--board", "board", required=True, type=click.Choice(_board_names()),
               help="Board to build for.")
-@click.option("--kernel", "kernel_names", multiple=True, type=click.Choice(_kernel_names()),
-              help="Kernel(s) in the device (default: all).")
+@click.option("--kernel", "kernel_args", multiple=True, type=KernelArg(),
+              help="Kernel in the device, with parameters as NAME:key=value,... (repeat for "
+                   "several; default: all, at the board's defaults).")
 @click.option("--width", type=int, default=None,
               help="Kernel beat width in bytes (default: the board's).")
 @click.option("--kernel-only", is_flag=True,
               help="Build one kernel alone between the pins (its own fmax), not the device.")
 @click.option("--build-dir", type=click.Path(path_type=Path), default=None,
               help="Where to build (default: the cache, keyed by the design's hash).")
-def build_cmd(board: str, kernel_names: tuple[str, ...], width: int | None, kernel_only: bool,
-              build_dir: Path | None) -> None:
+def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int | None,
+              kernel_only: bool, build_dir: Path | None) -> None:
     """Build a bitstream and report fmax against the board clock and resource use.
 
     By default the device: the UART link at the board's rate, the link bridge and the kernels.
@@ -89,16 +122,18 @@ def build_cmd(board: str, kernel_names: tuple[str, ...], width: int | None, kern
     from .build import build_device, build_kernel, check_build_dir, print_report, progress_bar
 
     check_build_dir(build_dir, "--build-dir")  # before a build of minutes, not in its middle
+    kernel_names = [name for name, _ in kernel_args]
+    params = {name: values for name, values in kernel_args if values}
     with progress_bar(console) as progress:
         if kernel_only:
             if len(kernel_names) > 1:
                 raise click.UsageError("--kernel-only builds one kernel; name one --kernel")
             kernel = kernel_names[0] if kernel_names else _kernel_names()[0]
-            report = build_kernel(board, kernel, width=width, build_dir=build_dir,
-                                  progress=progress)
+            report = build_kernel(board, kernel, width=width, params=params.get(kernel),
+                                  build_dir=build_dir, progress=progress)
         else:
-            report = build_device(board, list(kernel_names), width=width, build_dir=build_dir,
-                                  progress=progress)
+            report = build_device(board, kernel_names, width=width, params=params,
+                                  build_dir=build_dir, progress=progress)
     print_report(report, console)
     if not kernel_only:
         from boards import get_board

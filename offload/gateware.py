@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hdl.link import protocol as p
@@ -16,19 +16,12 @@ from hdl.link import protocol as p
 from . import kernels as registry
 from .errors import OffloadError
 
-__all__ = ["DeviceDesign", "device_design"]
-
-# Bytes per cycle a kernel gets on each board when none is asked for: the iCE40 UP5K is small
-# and slow, so one byte per cycle (the link delivers one byte a cycle anyway); the ECP5-85F has
-# room and speed for four.
-BOARD_WIDTH = {"icebreaker": 1, "ulx3s-85f": 4}
-
+__all__ = ["DeviceDesign", "device_design", "board_width", "kernel_label"]
 
 def board_width(board: str, spec: registry.KernelSpec, width: int | None = None) -> int:
     """The beat width to build ``spec`` at for ``board``, checked against what it supports."""
     if width is None:
-        width = BOARD_WIDTH.get(board, spec.default_width)
-        width = max(w for w in spec.widths if w <= width)
+        return spec.resolve(board=board).get("width", spec.default_width)
     if width not in spec.widths:
         raise OffloadError(
             f"{spec.name} supports widths {', '.join(map(str, spec.widths))} bytes, not {width}"
@@ -36,17 +29,25 @@ def board_width(board: str, spec: registry.KernelSpec, width: int | None = None)
     return width
 
 
+def kernel_label(spec: registry.KernelSpec, params: Mapping[str, int]) -> str:
+    """A kernel with its parameters in a name (``crc32c_w4``), for modules and builds."""
+    parts = [spec.name]
+    for name, value in sorted(params.items()):
+        parts.append(f"w{value}" if name == "width" else f"{name}{value}")
+    return "_".join(parts)
+
+
 @dataclass(frozen=True)
 class DeviceDesign:
-    """Everything that decides a device's gateware: board, kernels and their widths."""
+    """Everything that decides a device's gateware: board, kernels and their parameters."""
 
     board: str
-    kernels: tuple[tuple[registry.KernelSpec, int], ...]
+    kernels: tuple[tuple[registry.KernelSpec, tuple[tuple[str, int], ...]], ...]
     max_payload: int = p.MAX_PAYLOAD
 
     @property
     def name(self) -> str:
-        parts = [f"{spec.name}_w{width}" for spec, width in self.kernels] or ["empty"]
+        parts = [kernel_label(spec, dict(params)) for spec, params in self.kernels] or ["empty"]
         return "link_" + "_".join(parts)
 
     def manifest(self) -> bytes:
@@ -55,7 +56,7 @@ class DeviceDesign:
 
         board = get_board(self.board)
         kernels = [{"name": spec.name, "id": spec.id, "version": spec.version,
-                    "params": {"width": width}} for spec, width in self.kernels]
+                    "params": dict(params)} for spec, params in self.kernels]
         body = {"link": p.LINK_VERSION, "board": board.name, "clock_hz": board.clock_hz,
                 "max_payload": self.max_payload, "max_response": p.MAX_RESPONSE,
                 "window": p.REPLAY_WINDOW, "link_baud": board.link_baud, "kernels": kernels}
@@ -91,16 +92,32 @@ class DeviceDesign:
         from boards.link_top import LinkTop
 
         board = get_board(self.board)
-        return LinkTop([(spec.id, spec.gateware(width)) for spec, width in self.kernels],
+        return LinkTop([(spec.id, spec.component(**dict(params))) for spec, params in self.kernels],
                        self.manifest(), clock_hz=board.clock_hz, baud=board.link_baud,
                        mode=mode, uart=board.uart, max_payload=self.max_payload)
 
 
 def device_design(board: str = "icebreaker", kernel_names: Sequence[str] | None = None,
-                  width: int | None = None) -> DeviceDesign:
-    """The design of ``board`` with ``kernel_names`` (default: every kernel)."""
+                  width: int | None = None,
+                  params: Mapping[str, Mapping[str, object]] | None = None) -> DeviceDesign:
+    """The design of ``board`` with ``kernel_names`` (default: every kernel, and every kernel
+    named in ``params``), each at ``params[name]``, else the board's defaults, else its own;
+    ``width``, if given, for every kernel that has a choice of widths."""
     from boards import get_board
 
     get_board(board)  # a clear error for an unknown board, before anything else
-    specs = [registry.get(n) for n in kernel_names] if kernel_names else list(registry.KERNELS)
-    return DeviceDesign(board, tuple((spec, board_width(board, spec, width)) for spec in specs))
+    params = dict(params or {})
+    names = list(kernel_names or [])
+    names += [name for name in params if kernel_names and name not in names]
+    specs = [registry.get(n) for n in names] if names else list(registry.KERNELS)
+    unknown = set(params) - {spec.name for spec in specs}
+    for name in unknown:
+        registry.get(name)  # KernelNotFound for a name offload does not know
+    chosen = []
+    for spec in specs:
+        asked = dict(params.get(spec.name, {}))
+        if width is not None and "width" in spec.params:
+            asked.setdefault("width", board_width(board, spec, width))
+        resolved = spec.resolve(asked, board=board)
+        chosen.append((spec, tuple(sorted(resolved.items()))))
+    return DeviceDesign(board, tuple(chosen))

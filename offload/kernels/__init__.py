@@ -1,30 +1,137 @@
 """The kernel registry: every kernel, listed once.
 
-The mux, the device manifest, the CLI's kernel list, the bench and the ``Device`` methods are
-all derived from :data:`KERNELS`. Adding a kernel is its three files and one line here.
+The mux, the device manifest, the CLI's kernel list, the bench, the HIL suite and the ``Device``
+methods are all derived from :data:`KERNELS`. A kernel of this package is its host module (which
+defines its :class:`KernelSpec`), its gateware module and its tests, and one line in
+``_BUILTIN`` below; a kernel from another package registers through the entry-point group
+``offload.kernels`` (an entry point that loads a :class:`KernelSpec`) and touches nothing here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from importlib.metadata import entry_points
+from typing import Any, Protocol
 
-from ..errors import KernelNotFound
-from . import crc32c
+from hdl.link import protocol as p
 
-__all__ = ["KernelSpec", "KERNELS", "get", "by_id"]
+from ..errors import KernelError, KernelNotFound, OffloadError
+
+__all__ = ["Param", "Operation", "KernelSpec", "KernelModel", "Response", "KERNELS", "get",
+           "by_id", "ENTRY_POINT_GROUP", "ParamError"]
+
+log = logging.getLogger("offload")
+
+ENTRY_POINT_GROUP = "offload.kernels"
 
 
-def _crc32c_gateware(width: int = 4):
-    from hdl.kernels.crc32c import Crc32cKernel
+class ParamError(OffloadError, ValueError):
+    """A kernel parameter that the kernel does not have, or a value outside its limits."""
 
-    return Crc32cKernel(width)
+
+@dataclass(frozen=True)
+class Param:
+    """One build-time parameter of a kernel: its default and what values it may take.
+
+    ``choices`` (if given) lists every allowed value; otherwise ``low``/``high`` bound it.
+    """
+
+    default: int
+    doc: str = ""
+    low: int | None = None
+    high: int | None = None
+    choices: tuple[int, ...] | None = None
+
+    def check(self, kernel: str, name: str, value: object) -> int:
+        if isinstance(value, str):
+            try:
+                value = int(value, 0)
+            except ValueError:
+                raise ParamError(f"{kernel} parameter {name} takes an integer, not "
+                                 f"{value!r}") from None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ParamError(f"{kernel} parameter {name} takes an integer, not {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ParamError(f"{kernel} parameter {name} must be one of "
+                             f"{', '.join(map(str, self.choices))}, not {value}")
+        if (self.low is not None and value < self.low) or \
+                (self.high is not None and value > self.high):
+            raise ParamError(f"{kernel} parameter {name} must be from {self.low} to "
+                             f"{self.high}, not {value}")
+        return value
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return f"{self.default} (one of {', '.join(map(str, self.choices))})"
+        return f"{self.default} ({self.low}..{self.high})"
+
+
+@dataclass(frozen=True)
+class Response:
+    """What a kernel answered one request message with: its bytes, and its ``error`` flag."""
+
+    data: bytes
+    error: bool = False
+
+
+class KernelModel(Protocol):
+    """A kernel's CPU path: the reference behaviour, byte for byte the gateware's.
+
+    Made once per ``Device`` (so a stateful kernel's state on the CPU is that device's own).
+    """
+
+    def run(self, op: str, request: bytes) -> Response:
+        """Answer one request message of operation ``op`` as the gateware would."""
+
+    def reset(self) -> None:
+        """Back to the state after power-on (a stateless model does nothing)."""
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of a kernel: its opcode, its codec, and how long its answers can be.
+
+    Parameters
+    ----------
+    name : str
+        ``device.<kernel>.<name>(...)``.
+    encode : callable
+        ``encode(params, *args, **kwargs) -> list[bytes]``: a call's arguments to its request
+        messages (one message for a single record or a batch the kernel streams; one message
+        per record where each record is its own message). Checks the arguments and raises
+        ``TypeError``/``ValueError`` for bad ones, before anything is sent.
+    decode : callable
+        ``decode(params, responses, *args, **kwargs) -> result``: the response of each
+        message (the same for the CPU path and the gateware) to the call's result.
+    error : callable
+        ``error(params, response, *args, **kwargs) -> str``: what was wrong with a request the
+        kernel flagged as malformed, for the :class:`KernelError` (same text on every device).
+    max_response : callable
+        ``max_response(params, request_len) -> int``: the most bytes the kernel can answer a
+        request message of ``request_len`` bytes with.
+    expansion : float
+        The most response bytes one request byte can give while the message streams in (0 for
+        a kernel that answers only at the end); ``holdback`` the most response bytes it may
+        hold from one frame into the next. The host sizes frames with them.
+    """
+
+    name: str
+    encode: Callable[..., list[bytes]]
+    decode: Callable[..., Any]
+    max_response: Callable[[Mapping[str, int], int], int]
+    error: Callable[..., str] = field(default=lambda params, response, *a, **k: "malformed")
+    expansion: float = 0.0
+    holdback: int = 0
+    doc: str = ""
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """One kernel: what it is called, how the link names it, and its three implementations.
+    """One kernel: how the link names it, its operations, parameters and implementations.
 
     Attributes
     ----------
@@ -34,38 +141,174 @@ class KernelSpec:
         The kernel id on the link (1-255; 0 is the system kernel).
     version : int
         Bumped whenever the gateware's behaviour or its codec changes.
-    widths : tuple of int
-        Beat widths (bytes per cycle) the gateware supports.
-    gateware : callable
-        ``gateware(width) -> wiring.Component`` with ``i_stream``/``o_stream``.
-    cpu : callable
-        The reference behaviour, also the fallback.
-    encode, decode : callable
-        A call's arguments to request bytes; response bytes to the call's result.
     summary : str
         One line for the kernel list.
+    gateware : str
+        ``"module:factory"``; ``factory(**params)`` returns the ``wiring.Component`` (ports
+        ``i_stream: In(request_stream(width))``, ``o_stream: Out(byte_stream(width))``, an
+        ``operations`` tuple naming the opcodes in order, and a ``width``).
+    model : callable
+        ``model(params) -> KernelModel``: the CPU path, one per device.
+    operations : tuple of Operation
+        In opcode order. A kernel with one operation is called as ``device.<name>(...)``.
+    params : dict of str to Param
+        Build-time parameters; ``width`` (bytes per beat) if the kernel has a choice of widths.
+    board_params : dict of str to dict
+        Defaults per board that differ from the parameters' own (a small FPGA, a big one).
     stateful : bool
-        Whether a call changes state that lives where the kernel runs. A stateful call is
-        never run twice: not retried after a failed exchange (whether it ran is unknown).
+        A stateful kernel keeps state where it runs: its CPU model is made per device, its
+        calls never fall back to the CPU (the CPU's state is not the board's), they are never
+        run twice, and ``device.reset(name)`` resets it.
+    workload : callable
+        ``workload(params, size, rng) -> (operation name, args)``: a call of about ``size``
+        request bytes, for the bench.
+    strategies : callable
+        ``strategies(params) -> {operation name: hypothesis strategy of args tuples}``, for the
+        HIL suite (hypothesis is imported only when it is called).
     """
 
     name: str
     id: int
     version: int
-    widths: tuple[int, ...]
-    gateware: Callable[[int], Any]
-    cpu: Callable[..., Any]
-    encode: Callable[..., bytes]
-    decode: Callable[[bytes], Any]
     summary: str
-    default_width: int = field(default=4)
+    gateware: str
+    model: Callable[[Mapping[str, int]], KernelModel]
+    operations: tuple[Operation, ...]
+    workload: Callable[[Mapping[str, int], int, random.Random], tuple[str, tuple]]
+    strategies: Callable[[Mapping[str, int]], dict[str, Any]]
+    params: Mapping[str, Param] = field(default_factory=dict)
+    board_params: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     stateful: bool = False
 
+    # -- operations --------------------------------------------------------------------------
 
-KERNELS: tuple[KernelSpec, ...] = (
-    KernelSpec("crc32c", 1, 1, (1, 2, 4, 8), _crc32c_gateware, crc32c.cpu, crc32c.encode,
-               crc32c.decode, "CRC-32C (Castagnoli) of a byte string"),
-)
+    def operation(self, name: str | None = None) -> Operation:
+        """The operation ``name``; with none, the kernel's only one."""
+        if name is None:
+            if len(self.operations) != 1:
+                raise TypeError(f"{self.name} has operations "
+                                f"{', '.join(o.name for o in self.operations)}: call one, "
+                                f"such as device.{self.name}.{self.operations[0].name}(...)")
+            return self.operations[0]
+        for op in self.operations:
+            if op.name == name:
+                return op
+        raise KernelNotFound(f"{self.name} has no operation {name!r}; it has "
+                             f"{', '.join(o.name for o in self.operations)}")
+
+    def opcode(self, op: Operation) -> int:
+        return self.operations.index(op)
+
+    # -- parameters --------------------------------------------------------------------------
+
+    def resolve(self, params: Mapping[str, object] | None = None, board: str | None = None
+                ) -> dict[str, int]:
+        """Every parameter's value: ``params``, else the board's default, else the kernel's.
+
+        Raises :class:`ParamError` for a name the kernel does not have or a value outside its
+        limits.
+        """
+        params = dict(params or {})
+        unknown = set(params) - set(self.params)
+        if unknown:
+            have = ", ".join(self.params) or "none"
+            raise ParamError(f"{self.name} has no parameter {', '.join(sorted(unknown))} "
+                             f"(its parameters: {have})")
+        values = {name: param.default for name, param in self.params.items()}
+        if board is not None:
+            values.update(self.board_params.get(board, {}))
+        values.update(params)
+        return {name: self.params[name].check(self.name, name, value)
+                for name, value in values.items()}
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Beat widths (bytes per cycle) the gateware can be built with."""
+        width = self.params.get("width")
+        return width.choices if width is not None and width.choices else (self.default_width,)
+
+    @property
+    def default_width(self) -> int:
+        width = self.params.get("width")
+        return width.default if width is not None else 1
+
+    def component(self, **params: object):
+        """The gateware, built with ``params`` (the rest at their defaults)."""
+        module, _, factory = self.gateware.partition(":")
+        return getattr(importlib.import_module(module), factory)(**self.resolve(params))
+
+    # -- the CPU path ------------------------------------------------------------------------
+
+    def cpu(self, *args: Any, op: str | None = None, params: Mapping[str, int] | None = None,
+            **kwargs: Any) -> Any:
+        """A call on a fresh CPU model (for a stateful kernel, from its power-on state)."""
+        model = self.model(self.resolve(params))
+        return self.run_on_model(model, self.operation(op), self.resolve(params), args, kwargs)
+
+    def run_on_model(self, model: KernelModel, op: Operation, params: Mapping[str, int],
+                     args: tuple, kwargs: Mapping[str, Any]) -> Any:
+        messages = op.encode(params, *args, **kwargs)
+        return self.result(op, params, [model.run(op.name, m) for m in messages], args, kwargs)
+
+    def result(self, op: Operation, params: Mapping[str, int], responses: Sequence[Response],
+               args: tuple, kwargs: Mapping[str, Any]) -> Any:
+        """The call's result from its responses, the same for the CPU path and the gateware;
+        :class:`KernelError` if the kernel flagged a request as malformed."""
+        for response in responses:
+            if response.error:
+                raise KernelError(self.name, op.name,
+                                  op.error(params, response, *args, **kwargs))
+        return op.decode(params, [r.data for r in responses], *args, **kwargs)
+
+
+def _builtin() -> list[KernelSpec]:
+    from . import crc32c
+
+    return [crc32c.SPEC]
+
+
+def _plugins() -> list[KernelSpec]:
+    specs = []
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            spec = entry.load()
+        except Exception as exc:  # a broken plug-in must not take offload down with it
+            log.warning("kernel plug-in %s (%s) does not load: %s", entry.name, entry.value,
+                        exc)
+            continue
+        if callable(spec) and not isinstance(spec, KernelSpec):
+            spec = spec()
+        if not isinstance(spec, KernelSpec):
+            log.warning("kernel plug-in %s is not a KernelSpec: %r", entry.name, spec)
+            continue
+        specs.append(spec)
+    return specs
+
+
+def _check_registry(specs: Sequence[KernelSpec]) -> tuple[KernelSpec, ...]:
+    # Ids and names are the link's and the API's keys: a clash would be a silent misroute.
+    kept: list[KernelSpec] = []
+    for spec in specs:
+        clash = next((k for k in kept if k.id == spec.id or k.name == spec.name), None)
+        if clash is not None:
+            log.warning("kernel %s (id %d) clashes with %s (id %d): not registered",
+                        spec.name, spec.id, clash.name, clash.id)
+            continue
+        if not 1 <= spec.id <= 255:
+            log.warning("kernel %s has id %d; ids are 1..255: not registered", spec.name,
+                        spec.id)
+            continue
+        if not spec.name.isidentifier() or not spec.operations or \
+                len(spec.operations) > p.MAX_OPERATIONS:
+            log.warning("kernel %s: a name that is an identifier and 1 to %d operations are "
+                        "needed: not registered", spec.name, p.MAX_OPERATIONS)
+            continue
+        kept.append(spec)
+    return tuple(kept)
+
+
+#: Every kernel: this package's, then those of installed plug-in packages.
+KERNELS: tuple[KernelSpec, ...] = _check_registry(_builtin() + _plugins())
 
 
 def get(name: str) -> KernelSpec:
@@ -83,15 +326,3 @@ def by_id(kernel_id: int) -> KernelSpec:
         if spec.id == kernel_id:
             return spec
     raise KernelNotFound(f"no kernel has id {kernel_id}")
-
-
-def _check_registry() -> None:
-    # Ids and names are the link's and the API's keys: a clash would be a silent misroute.
-    ids = [spec.id for spec in KERNELS]
-    names = [spec.name for spec in KERNELS]
-    assert len(set(ids)) == len(ids), f"duplicate kernel ids in the registry: {ids}"
-    assert len(set(names)) == len(names), f"duplicate kernel names in the registry: {names}"
-    assert all(1 <= i <= 255 for i in ids), "kernel ids are 1..255 (0 is the system kernel)"
-
-
-_check_registry()

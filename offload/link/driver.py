@@ -9,6 +9,7 @@ one that stays away so that a dead board costs a caller little.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import random
@@ -16,14 +17,14 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hdl.link import protocol as p
 
-from ..errors import DeviceError
-from ..kernels import KernelSpec
+from ..errors import DeviceError, OffloadError
+from ..kernels import KernelSpec, Operation, Response
 from .codec import Frame, FrameError, FrameSplitter, decode_frame, encode_frame
 from .transport import Transport
 
@@ -176,25 +177,39 @@ class LinkBackend:
             if counters.get(entry["name"], {}).get("open_message"):
                 log.info("%s: %s had a message left open; ending it", self.transport.name,
                          entry["name"])
-                self.exchange(entry["id"], [b""], [0])
+                self.exchange(entry["id"], [(p.OP_CALL, 0, b"")])
                 self._counts["messages_closed"] += 1
 
     def _usable_kernels(self) -> frozenset[str]:
         from .. import kernels as registry
 
         usable = set()
+        self._kernel_params: dict[str, dict[str, int]] = {}
         for entry in self.manifest.kernels:
             try:
                 spec = registry.get(entry["name"])
             except (KeyError, TypeError):
                 continue  # a kernel this offload does not know: nothing to call it with
-            if entry.get("id") == spec.id and entry.get("version") == spec.version:
-                usable.add(spec.name)
-            else:
+            if entry.get("id") != spec.id or entry.get("version") != spec.version:
                 log.warning("%s: %s on the device is id %s version %s, offload expects id %s "
                             "version %s: not used", self.transport.name, spec.name,
                             entry.get("id"), entry.get("version"), spec.id, spec.version)
+                continue
+            try:
+                # Every parameter named, as the device reports them: the CPU path (a fallback,
+                # a model) then computes exactly what this gateware computes.
+                params = spec.resolve(entry.get("params", {}))
+            except OffloadError as exc:
+                log.warning("%s: %s on the device has parameters offload cannot honour: %s: "
+                            "not used", self.transport.name, spec.name, exc)
+                continue
+            usable.add(spec.name)
+            self._kernel_params[spec.name] = params
         return frozenset(usable)
+
+    def kernel_params(self, name: str) -> dict[str, int]:
+        """The parameters the device's kernel ``name`` was built with (from its manifest)."""
+        return dict(self._kernel_params[name])
 
     def _fail(self, exc: Exception) -> None:
         """An exchange failed: the link must be resynchronised before it is used again."""
@@ -320,9 +335,10 @@ class LinkBackend:
 
     # -- sequenced calls ---------------------------------------------------------------------
 
-    def exchange(self, kernel_id: int, chunks: Sequence[bytes], flags: Sequence[int]
+    def exchange(self, kernel_id: int, frames: Sequence[tuple[int, int, bytes]]
                  ) -> list[Frame]:
-        """Send ``chunks`` as sequenced frames, at most ``window`` in flight; the responses.
+        """Send ``frames`` ((opcode, flags, payload) each) as sequenced frames to kernel
+        ``kernel_id``, at most ``window`` in flight; their responses, in order.
 
         Lost frames and lost responses are sent again (go-back-N from the oldest unanswered,
         or from where the device says it is). The device replays the response of a frame it
@@ -333,16 +349,14 @@ class LinkBackend:
             if not self._ready:
                 raise LinkFailure(f"{self.transport.name} is not in step: {self._cause}")
             try:
-                return self._exchange(kernel_id, chunks, flags)
+                return self._exchange(kernel_id, frames)
             except LinkFailure as exc:
                 self._fail(exc)
                 raise
 
-    def _exchange(self, kernel_id: int, chunks: Sequence[bytes], flags: Sequence[int]
+    def _exchange(self, kernel_id: int, frames: Sequence[tuple[int, int, bytes]]
                   ) -> list[Frame]:
-        n = len(chunks)
-        if len(flags) != n:
-            raise ValueError(f"{n} chunks but {len(flags)} flags")
+        n = len(frames)
         if n >= 1 << (p.SEQ_BITS - 1):
             raise DeviceError(f"an exchange of {n} frames would wrap the sequence numbers")
         base = self._next_seq
@@ -351,7 +365,8 @@ class LinkBackend:
         def encoded(i: int) -> bytes:
             if i not in wire:
                 seq = (base + i) & p.SEQ_MASK
-                wire[i] = encode_frame(Frame(kernel_id, p.OP_CALL, seq, chunks[i], flags[i]))
+                op, flags, payload = frames[i]
+                wire[i] = encode_frame(Frame(kernel_id, op, seq, payload, flags))
             return wire[i]
 
         responses: list[Frame | None] = [None] * n
@@ -442,34 +457,42 @@ class LinkBackend:
         """The sequence number the next sequenced frame will carry."""
         return self._next_seq
 
-    def run(self, spec: KernelSpec, request: bytes) -> bytes:
-        """One kernel call: the request split into frames, the kernel's response joined.
+    def run(self, spec: KernelSpec, op: Operation, messages: Sequence[bytes],
+            params: Mapping[str, int]) -> list[Response]:
+        """Run request ``messages`` of operation ``op`` on kernel ``spec``, pipelined in one
+        exchange; each message's response (bytes joined across frames, and its error flag).
 
-        A call to a stateless kernel whose exchange fails is run once more after the link is
-        resynchronised (running it twice changes nothing); a stateful kernel's is not, since
-        whether it ran is then unknown.
+        Frames are sized so that what the kernel answers while one runs fits in a response
+        frame, and each message is followed by as many continuation frames as its largest
+        response could need (see protocol.py). A call to a stateless kernel whose exchange
+        fails is run once more after the link is resynchronised (running it twice changes
+        nothing); a stateful kernel's is not, since whether it ran is then unknown.
         """
-        size = self.manifest.max_payload
-        view = memoryview(request)
-        chunks = _Chunks(view, size)
-        flags = _Flags(len(chunks))
+        plan = _Plan(self.manifest, spec, op, messages, params)
         with self._lock:
             for attempt in range(2):
                 self.ensure_ready()
                 try:
-                    responses = self.exchange(spec.id, chunks, flags)
+                    frames = self.exchange(spec.id, plan)
                 except LinkFailure:
-                    if attempt or getattr(spec, "stateful", False):
+                    if attempt or spec.stateful:
                         raise
                     self._counts["calls_run_again"] += 1
                     continue
                 break
-            for frame in responses:
-                if frame.op != p.STATUS_OK:
-                    raise DeviceError(f"{self.transport.name}: {spec.name} answered "
-                                      f"{frame.status_name!r}")
-            self._counts["payload_bytes_out"] += len(request)
-            return responses[-1].payload
+            responses = plan.responses(frames, self.transport.name)
+            self._counts["payload_bytes_out"] += plan.request_bytes
+            self._counts["payload_bytes_in"] += sum(len(r.data) for r in responses)
+            return responses
+
+    def reset(self, spec: KernelSpec) -> None:
+        """OP_RESET: the kernel back to its power-on state, exactly once."""
+        with self._lock:
+            self.ensure_ready()
+            frame = self.exchange(spec.id, [(p.OP_RESET, 0, b"")])[0]
+            if frame.op != p.STATUS_OK:
+                raise DeviceError(f"{self.transport.name}: resetting {spec.name} was answered "
+                                  f"{frame.status_name!r}")
 
     def invalidate(self, reason: str) -> None:
         """Distrust the link (a response that could not be decoded): resync before the next
@@ -497,13 +520,40 @@ class LinkBackend:
                     self._on_close()
 
 
-class _Chunks(Sequence[bytes]):
-    """A request cut into frame payloads, made as they are asked for (a 100 MiB call is not
-    copied into 100,000 pieces up front)."""
+class _Plan(Sequence[tuple[int, int, bytes]]):
+    """The frames of a call: each message cut into request frames, then its continuations.
 
-    def __init__(self, view: memoryview, size: int):
-        self._view, self._size = view, size
-        self._n = max(1, -(-len(view) // size))
+    Frames are made as the window reaches them (a 100 MiB call is not copied into 100,000
+    pieces up front); ``responses`` joins what came back into one response per message.
+    """
+
+    def __init__(self, manifest: Manifest, spec: KernelSpec, op: Operation,
+                 messages: Sequence[bytes], params: Mapping[str, int]):
+        self.spec, self.op = spec, op
+        self.opcode = spec.opcode(op)
+        slot = manifest.max_response
+        if op.expansion > 0:
+            if op.holdback >= slot:
+                raise DeviceError(f"{spec.name}.{op.name} may hold back {op.holdback} response "
+                                  f"bytes, more than the device's {slot}-byte response frames")
+            chunk = int((slot - op.holdback) / op.expansion)
+            chunk = max(1, min(manifest.max_payload, chunk))
+        else:
+            chunk = manifest.max_payload
+        self._views = [memoryview(m) for m in messages]
+        self._chunk = chunk
+        # Per message: index of its first frame, its request frames, its continuations.
+        self._layout: list[tuple[int, int, int]] = []
+        first = 0
+        for message in self._views:
+            requests = max(1, -(-len(message) // chunk))
+            largest = op.max_response(params, len(message))
+            continuations = max(0, -(-largest // slot) - 1)
+            self._layout.append((first, requests, continuations))
+            first += requests + continuations
+        self._n = first
+        self._starts = [start for start, _, _ in self._layout]
+        self.request_bytes = sum(len(v) for v in self._views)
 
     def __len__(self) -> int:
         return self._n
@@ -511,19 +561,27 @@ class _Chunks(Sequence[bytes]):
     def __getitem__(self, i):  # type: ignore[override]
         if not 0 <= i < self._n:
             raise IndexError(i)
-        return bytes(self._view[i * self._size:(i + 1) * self._size])
+        m = bisect.bisect_right(self._starts, i) - 1
+        first, requests, _ = self._layout[m]
+        k = i - first
+        if k >= requests:
+            return (self.opcode, p.FLAG_CONTINUE, b"")
+        flags = p.FLAG_MORE if k < requests - 1 else 0
+        return (self.opcode, flags, bytes(self._views[m][k * self._chunk:(k + 1) * self._chunk]))
 
-
-class _Flags(Sequence[int]):
-    """FLAG_MORE on every frame of a message but its last."""
-
-    def __init__(self, n: int):
-        self._n = n
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if not 0 <= i < self._n:
-            raise IndexError(i)
-        return 0 if i == self._n - 1 else p.FLAG_MORE
+    def responses(self, frames: Sequence[Frame], where: str) -> list[Response]:
+        name = f"{self.spec.name}.{self.op.name}"
+        out = []
+        for first, requests, continuations in self._layout:
+            mine = frames[first:first + requests + continuations]
+            error = False
+            for frame in mine:
+                if frame.op == p.STATUS_KERNEL_ERROR:
+                    error = True
+                elif frame.op != p.STATUS_OK:
+                    raise DeviceError(f"{where}: {name} answered {frame.status_name!r}")
+            if mine[-1].flags & p.FLAG_MORE:
+                raise DeviceError(f"{where}: {name} answered more than it declares it can for "
+                                  "a request of that size (its max_response)")
+            out.append(Response(b"".join(frame.payload for frame in mine), error))
+        return out

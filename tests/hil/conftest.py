@@ -25,10 +25,22 @@ def open_device(config, **kwargs):
 
 
 @pytest.fixture(scope="session")
-def device(pytestconfig):
+def _session_device(pytestconfig):
     dev = open_device(pytestconfig, fallback="never")
     yield dev
     dev.close()
+
+
+@pytest.fixture
+def device(_session_device):
+    """The device under test, its stateful kernels reset before each test that uses it, so no
+    test sees another's state."""
+    from offload import kernels
+
+    for spec in kernels.KERNELS:
+        if spec.stateful and spec.name in _session_device.gateware_kernels:
+            _session_device.reset(spec.name)
+    return _session_device
 
 
 @pytest.fixture

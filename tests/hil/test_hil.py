@@ -15,19 +15,14 @@ from hypothesis import HealthCheck, given, settings
 
 import offload
 from hdl.link import protocol as p
-from offload import DeviceError, kernels
+from offload import DeviceError, KernelError, kernels
 from offload.link.codec import Frame, encode_frame
 
 from .conftest import device_spec, open_device
 from .faults import FaultyTransport
-from .strategies import ARGUMENTS
 
 HIL_SETTINGS = settings(max_examples=40, deadline=None,
                         suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def test_every_kernel_has_a_strategy():
-    assert {spec.name for spec in kernels.KERNELS} <= set(ARGUMENTS)
 
 
 def test_manifest(device, pytestconfig):
@@ -39,22 +34,45 @@ def test_manifest(device, pytestconfig):
         entry = manifest.kernel(spec.name)
         assert entry is not None, f"{spec.name} missing from the manifest"
         assert (entry["id"], entry["version"]) == (spec.id, spec.version)
-        assert entry["params"]["width"] in spec.widths
+        # Every parameter is reported, each within the kernel's limits.
+        assert entry["params"] == spec.resolve(entry["params"])
+        assert set(entry["params"]) == set(spec.params)
     assert device.gateware_kernels == {spec.name for spec in kernels.KERNELS}
 
 
-@pytest.mark.parametrize("name", [spec.name for spec in kernels.KERNELS])
-def test_calls_match_the_cpu_path(device, name):
+def outcome(fn, *args, **kwargs):
+    """A call's result, or the KernelError it raised (a result too: the same everywhere)."""
+    try:
+        return fn(*args, **kwargs)
+    except KernelError as exc:
+        return exc
+
+
+OPERATIONS = [(spec.name, op.name) for spec in kernels.KERNELS for op in spec.operations]
+
+
+@pytest.mark.parametrize("name, op", OPERATIONS, ids=[f"{k}.{o}" for k, o in OPERATIONS])
+def test_calls_match_the_cpu_path(device, name, op):
+    """Every operation of every kernel, on hypothesis-chosen arguments (the kernel's own
+    strategies), answers as the CPU path does, a KernelError included. A stateful kernel is
+    compared with a CPU model that has seen the same calls since the same reset."""
     spec = kernels.get(name)
+    params = device.params(name)
+    strategy = spec.strategies(params)[op]
+    device.reset(name)
+    model = spec.model(params)
 
     @HIL_SETTINGS
-    @given(ARGUMENTS[name])
+    @given(strategy)
     def check(args):
-        assert device.call(name, *args) == spec.cpu(*args)
+        expected = outcome(spec.run_on_model, model, spec.operation(op), params, args, {})
+        assert outcome(device.call, name, *args, op=op) == expected
 
-    before = device.stats()["kernels"].get(name, {}).get("gateware", 0)
+    before = device.stats()["kernels"].get(name, {})
     check()
-    assert device.stats()["kernels"][name]["gateware"] > before
+    after = device.stats()["kernels"][name]
+    assert after["gateware"] + after["kernel_errors"] > \
+        before.get("gateware", 0) + before.get("kernel_errors", 0)
     assert device.stats()["fallbacks"] == 0
 
 
@@ -260,7 +278,8 @@ def test_message_left_open_by_a_dead_host_is_ended(own_virtual_board):
 
     dev = own_virtual_board("never")
     crc_id = kernels.get("crc32c").id
-    dev.backend.exchange(crc_id, [b"half of a message"], [p.FLAG_MORE])  # and then it dies
+    # Half of a message, and then the host dies.
+    dev.backend.exchange(crc_id, [(p.OP_CALL, p.FLAG_MORE, b"half of a message")])
     assert dev.backend.device_counters()["crc32c"]["open_message"] == 1
     successor = LinkBackend(dev.backend.transport, timeout=0.5)
     assert successor.counters()["messages_closed"] == 1

@@ -24,21 +24,31 @@ def u32(value: int) -> bytes:
 
 
 class DeviceModel:
-    """Byte stream in, byte stream out; ``kernels`` maps id -> (name, fn(bytes) -> bytes)."""
+    """Byte stream in, byte stream out.
 
-    def __init__(self, kernels: dict[int, tuple[str, Callable[[bytes], bytes]]], *,
+    ``kernels`` maps id -> (name, fn) where ``fn(message) -> bytes | Response`` answers a
+    message of operation 0, or ``fn(op, message)`` if ``ops`` (id -> operation count) says the
+    kernel has several. The whole response is made when a message ends (the protocol leaves
+    when a kernel answers to the kernel), the first ``max_response`` bytes in the last frame's
+    response and the rest in continuations."""
+
+    def __init__(self, kernels: dict[int, tuple[str, Callable]], *,
                  max_payload: int = 256, window: int = p.REPLAY_WINDOW, board: str = "model",
-                 expected: int = 0xFFFF_FFF0):
+                 expected: int = 0xFFFF_FFF0, max_response: int = 64,
+                 ops: dict[int, int] | None = None, params: dict[int, dict] | None = None):
         self.kernels = kernels
         self.max_payload = max_payload
+        self.max_response = max_response
+        self.ops = ops or {}
         self.window = window
         self.initial_expected = expected  # near the wrap, so that the host must handle it
         self.executed: list[tuple[int, bytes]] = []  # (kernel id, message) per kernel run
         self.executed_seqs: list[list[int]] = []  # numbers of executed frames, per power-on
         self.manifest = json.dumps({
             "link": p.LINK_VERSION, "board": board, "clock_hz": 12_000_000, "build": "model",
-            "max_payload": max_payload, "max_response": p.MAX_RESPONSE, "window": window,
-            "kernels": [{"name": name, "id": i, "version": 1, "params": {}}
+            "max_payload": max_payload, "max_response": max_response, "window": window,
+            "kernels": [{"name": name, "id": i, "version": _version(name),
+                         "params": (params or {}).get(i, _params(name))}
                         for i, (name, _) in kernels.items()],
         }, separators=(",", ":")).encode()
         self.restart()
@@ -48,7 +58,9 @@ class DeviceModel:
         self.expected = self.initial_expected
         self.executed_seqs.append([])
         self.kept: dict[int, bytes] = {}
-        self.pending: dict[int, bytearray] = {}
+        self.pending: dict[int, bytearray] = {}  # open messages
+        self.unsent: dict[int, tuple[bytes, bool]] = {}  # responses still to be fetched
+        self.resets: list[int] = []
         self.splitter = FrameSplitter()
 
     def feed(self, data: bytes) -> bytes:
@@ -97,15 +109,26 @@ class DeviceModel:
         return encode_response(0, p.STATUS_BAD_OPCODE, frame.seq, b"")
 
     def execute(self, frame) -> bytes:
-        def answer(status, payload=b""):
-            return encode_response(frame.kernel, status, frame.seq, payload)
+        def answer(status, payload=b"", flags=0):
+            return encode_frame(Frame(frame.kernel, status, frame.seq, payload,
+                                      p.FLAG_RESPONSE | flags))
 
         if frame.kernel not in self.kernels:
             return answer(p.STATUS_UNKNOWN_KERNEL)
-        if frame.op != p.OP_CALL:
+        if frame.op == p.OP_RESET:
+            self.pending.pop(frame.kernel, None)
+            self.unsent.pop(frame.kernel, None)
+            self.resets.append(frame.kernel)
+            return answer(p.STATUS_OK)
+        if frame.op >= self.ops.get(frame.kernel, 1):
             return answer(p.STATUS_BAD_OPCODE)
         if len(frame.payload) > self.max_payload:
             return answer(p.STATUS_TOO_LONG)
+        if frame.flags & p.FLAG_CONTINUE:
+            if frame.payload:
+                return answer(p.STATUS_BAD_FRAME)
+            return self.send_part(frame.kernel, answer)
+        self.unsent.pop(frame.kernel, None)  # a new message drops what was not fetched
         message = self.pending.setdefault(frame.kernel, bytearray())
         message += frame.payload
         if frame.flags & p.FLAG_MORE:
@@ -113,7 +136,39 @@ class DeviceModel:
         del self.pending[frame.kernel]
         self.executed.append((frame.kernel, bytes(message)))
         _, fn = self.kernels[frame.kernel]
-        return answer(p.STATUS_OK, fn(bytes(message)))
+        result = fn(frame.op, bytes(message)) if frame.kernel in self.ops else fn(bytes(message))
+        data, error = (result, False) if isinstance(result, bytes) else (result.data,
+                                                                          result.error)
+        self.unsent[frame.kernel] = (data, error)
+        return self.send_part(frame.kernel, answer)
+
+    def send_part(self, kernel: int, answer) -> bytes:
+        if kernel not in self.unsent:
+            return answer(p.STATUS_OK)
+        data, error = self.unsent.pop(kernel)
+        part, rest = data[:self.max_response], data[self.max_response:]
+        if rest:
+            self.unsent[kernel] = (rest, error)
+            return answer(p.STATUS_OK, part, p.FLAG_MORE)
+        return answer(p.STATUS_KERNEL_ERROR if error else p.STATUS_OK, part)
+
+
+def _version(name: str) -> int:
+    from offload import kernels
+
+    try:
+        return kernels.get(name).version
+    except KeyError:
+        return 1
+
+
+def _params(name: str) -> dict:
+    from offload import kernels
+
+    try:
+        return kernels.get(name).resolve()
+    except KeyError:
+        return {}
 
 
 class ModelTransport:

@@ -129,18 +129,18 @@ def test_error_statuses_raise(status):
     model = crc_device(max_payload=16)
     backend = LinkBackend(ModelTransport(model))
     if status == p.STATUS_UNKNOWN_KERNEL:
-        responses = backend.exchange(200, [b"x"], [0])
+        responses = backend.exchange(200, [(p.OP_CALL, 0, b"x")])
     else:
         backend.manifest = backend.manifest.__class__(**{**backend.manifest.__dict__,
                                                          "max_payload": 64})
-        responses = backend.exchange(CRC.id, [b"x" * 40], [0])
+        responses = backend.exchange(CRC.id, [(p.OP_CALL, 0, b"x" * 40)])
     assert responses[0].op == status
 
 
 def test_message_left_open_by_a_dead_host_is_ended():
     model = crc_device()
     first = LinkBackend(ModelTransport(model))
-    first.exchange(CRC.id, [b"half of a message"], [p.FLAG_MORE])  # and then it dies
+    first.exchange(CRC.id, [(p.OP_CALL, p.FLAG_MORE, b"half of a message")])  # and then it dies
     second = LinkBackend(ModelTransport(model))
     assert second.counters()["messages_closed"] == 1
     dev = Device("model", second, fallback="never")
