@@ -266,29 +266,37 @@ def _check_port_free(port: int) -> None:
 
 
 @main.command("cache")
-@click.option("--clear", is_flag=True, help="Delete every cached build.")
+@click.option("--clear", is_flag=True, help="Delete every cached build (nothing else there).")
 def cache_cmd(clear: bool) -> None:
     """Show (or clear) the build cache: Verilator models and bitstreams, keyed by design."""
     import shutil
 
-    from sim.toolchain import cache_dir
+    from sim.toolchain import CACHE_KINDS, cache_dir
 
     root = cache_dir()
     table = Table(title=f"build cache: {root}")
-    for column, justify in (("kind", "left"), ("builds", "right"), ("MB", "right")):
+    for column, justify in (("kind", "left"), ("builds", "right"), ("MB", "right"),
+                            ("holds", "left")):
         table.add_column(column, justify=justify)
-    for kind in sorted(p.name for p in root.iterdir() if p.is_dir()):
-        folders = [p for p in (root / kind).iterdir() if p.is_dir()]
-        size = sum(f.stat().st_size for p in folders for f in p.rglob("*") if f.is_file())
-        table.add_row(kind, str(len(folders)), f"{size / 1e6:,.1f}")
+    # Only the folders offload's builds make: OFFLOAD_CACHE_DIR may name a folder that holds
+    # other things too, which are neither listed nor deleted.
+    ours = [root / kind for kind in CACHE_KINDS if (root / kind).is_dir()]
+    for folder in ours:
+        # Hidden folders are builds under way (or abandoned); they count in the size only.
+        builds = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        table.add_row(folder.name, str(len(builds)), f"{size / 1e6:,.1f}",
+                      CACHE_KINDS[folder.name])
     console.print(table)
     if clear:
-        for child in root.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
+        for folder in ours:
+            if folder.is_symlink():
+                folder.unlink()
             else:
-                child.unlink()
-        console.print("cleared; the next build or simulation starts from scratch")
+                shutil.rmtree(folder)
+        others = sum(1 for p in root.iterdir() if p.name not in CACHE_KINDS)
+        kept = f"; {others} other entries in {root} were left as they were" if others else ""
+        console.print(f"cleared; the next build or simulation starts from scratch{kept}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,20 @@ def _verilator_environ(**extra: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _absolute_sys_path() -> Iterator[None]:
+    # cocotb's runner hands this process's sys.path to the simulator as PYTHONPATH, and the
+    # simulator runs in test_dir: a relative entry ('' under `python -c`, '.') would name
+    # another folder there, and the testbench, found here, or a module it imports from the same
+    # tree (tests/cocotb_streams.py) would not be found there.
+    saved = sys.path[:]
+    sys.path[:] = [os.path.abspath(entry) for entry in saved]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def _cocotb_version() -> str:
@@ -192,8 +207,9 @@ def run_cocotb(
         Module name of the design; the testbench's ``dut``. Also names the build folder.
     test_module : str
         Dotted name of the testbench module, importable from this process's ``sys.path``
-        (which the runner hands to the simulator), for example
-        ``"tests.kernels.cocotb_crc32c"``.
+        (which the runner hands to the simulator, its entries made absolute), for example
+        ``"tests.kernels.cocotb_crc32c"``. The testbench may import the shared stream models
+        of ``tests/cocotb_streams.py`` (``from tests.cocotb_streams import TB``).
     test_dir : Path
         Where the simulation runs and writes its log and results; give each run its own
         (pytest's ``tmp_path``) so that parallel runs do not collide.
@@ -256,7 +272,7 @@ def run_cocotb(
     prefix = {}
     if timeout_s is not None and timeout_tool is not None:
         prefix["SIM_CMD_PREFIX"] = f"{timeout_tool} --kill-after=10 {timeout_s:g}"
-    with _verilator_environ(**prefix):
+    with _verilator_environ(**prefix), _absolute_sys_path():
         runner = get_runner("verilator")
         status: object = 0
         started = time.monotonic()

@@ -20,6 +20,7 @@ from pathlib import Path
 from hdl.errors import OffloadError
 
 __all__ = [
+    "CACHE_KINDS",
     "ToolchainError",
     "verilator_env",
     "verilator_binary",
@@ -130,6 +131,16 @@ def yowasp_env(family: str | None = None, base: dict[str, str] | None = None) ->
     env.setdefault("OPENFPGALOADER", "openFPGALoader")
     env["PATH"] = os.pathsep.join([str(_bin_dir()), env.get("PATH", "")])
     return env
+
+
+#: The folders offload's builds make in :func:`cache_dir`, each holding one folder per build,
+#: and what they hold. ``offload cache`` lists and clears these and nothing else: the cache may
+#: be a folder the user keeps other things in (``OFFLOAD_CACHE_DIR``).
+CACHE_KINDS: dict[str, str] = {
+    "verilator": "Verilator models: stream harnesses, virtual boards (sim.build)",
+    "cocotb": "Verilator models of cocotb testbenches (sim.cocotb_runner)",
+    "builds": "bitstreams and their reports (boards.build)",
+}
 
 
 def cache_dir() -> Path:

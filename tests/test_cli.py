@@ -199,3 +199,22 @@ def test_serve_on_a_port_in_use():
     assert lines[0].startswith(f"error: port {port} on 127.0.0.1 is in use")
     assert "another --port, or 0" in lines[0]
     assert "serving" not in done.stdout
+
+
+def test_cache_clear_deletes_only_what_offload_wrote(tmp_path, monkeypatch):
+    # OFFLOAD_CACHE_DIR may name a folder the user keeps other things in.
+    monkeypatch.setenv("OFFLOAD_CACHE_DIR", str(tmp_path))
+    build = tmp_path / "cocotb" / "crc32c_w4-0123456789abcdef"
+    build.mkdir(parents=True)
+    (build / "Vtop").write_bytes(bytes(1000))
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    result = run("cache")
+    assert result.exit_code == 0 and "cocotb" in result.output
+    assert "photos" not in result.output and "notes" not in result.output
+    result = run("cache", "--clear")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "cocotb").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "photos" / "cat.jpg").read_bytes() == b"\xff\xd8"

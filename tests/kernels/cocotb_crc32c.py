@@ -2,67 +2,34 @@
 
 Run by ``tests/kernels/test_crc32c_verilator.py`` through :func:`sim.cocotb_runner.run_cocotb`,
 once per beat width, which it passes as ``OFFLOAD_WIDTH``. The reference is ``google_crc32c``,
-an implementation independent of the kernel's own model.
-
-The sink also checks the stream rules on ``o_stream``: a beat offered and not taken is still
-offered, unchanged, in the next cycle.
-
-The stream models sample the handshake in the read-only phase of the cycle before the clock
-edge that completes it, rather than at the edge itself: with Verilator, cocotb's edge callbacks
-see the registers already updated by that edge.
+an implementation independent of the kernel's own model. The stream models, the idle and
+backpressure patterns and the stream-rule check (on ``i_stream`` and ``o_stream``, every cycle)
+are the shared ones of ``tests/cocotb_streams.py``.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import random
-from collections import deque
-from collections.abc import Callable, Iterator
 
 import cocotb
 import google_crc32c
-from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import (
-    ClockCycles,
-    Event,
-    ReadOnly,
-    RisingEdge,
-    SimTimeoutError,
-    with_timeout,
-)
 
 from hdl.kernels.crc32c import Crc32cKernel
 from hdl.stream import byte_layout
+from tests.cocotb_streams import PATTERNS, TB, payload_layout, random_50
 
 WIDTH = int(os.environ.get("OFFLOAD_WIDTH", "4"))
 SEED = int(os.environ.get("OFFLOAD_SEED", "1"))
 CLOCK_NS = 10
 
 # Random messages per width, spread over the idle/backpressure matrix (9 runs of 23 = 207), and
-# their largest size. W=1 (a byte a cycle) sets the time: about 280k cycles with the idle gaps
-# and backpressure, some 6 s at the 50k cycles/s cocotb drives this testbench at.
+# their largest size. W=1 (a byte a cycle) sets the time: some 400k cycles with the idle gaps
+# and backpressure, about 10 s at the 40k cycles/s cocotb drives this testbench at.
 RANDOM_MESSAGES = 207
 MAX_MESSAGE = 2048
-
-PatternFactory = Callable[[], Iterator[bool]] | None
-
-
-def random_30() -> Iterator[bool]:
-    """Pause in 30% of cycles, at random."""
-    rng = random.Random(SEED * 7919 + 30)
-    while True:
-        yield rng.random() < 0.3
-
-
-def bursty() -> Iterator[bool]:
-    """Runs of 1 to 32 cycles of flow, then 1 to 12 paused."""
-    rng = random.Random(SEED * 7919 + 31)
-    while True:
-        yield from itertools.repeat(False, rng.randint(1, 32))
-        yield from itertools.repeat(True, rng.randint(1, 12))
 
 
 def crc_bytes(message: bytes) -> bytes:
@@ -70,197 +37,24 @@ def crc_bytes(message: bytes) -> bytes:
     return google_crc32c.value(bytes(message)).to_bytes(4, "little")
 
 
-class StreamSource:
-    """Drives beats on an ``amaranth.lib.stream`` byte stream ``<prefix>__{valid,ready,payload}``.
-
-    ``valid`` never waits on ``ready``, and a beat, once offered, stays unchanged until taken;
-    the idle pattern only delays the offer of the next beat.
-    """
-
-    def __init__(self, dut, prefix: str, width: int, clock):
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.width = width
-        layout = byte_layout(width)
-        self.offsets = {name: layout[name].offset for name in ("data", "nbytes", "last", "error")}
-        self.clock = clock
-        self.queue: deque[tuple[int, int, bool]] = deque()
-        self.pause: Iterator[bool] = itertools.repeat(False)
-        #: Cycle in which each accepted beat's handshake happened, in order.
-        self.accepted: list[int] = []
-        self.idle = Event()
-        self.idle.set()
-        self.valid.value = 0
-
-    def set_pause_generator(self, factory: PatternFactory) -> None:
-        self.pause = factory() if factory is not None else itertools.repeat(False)
-
-    def pack(self, data: int, nbytes: int, last: bool) -> int:
-        o = self.offsets
-        return (data << o["data"]) | (nbytes << o["nbytes"]) | (int(last) << o["last"])
-
-    def send(self, message: bytes) -> None:
-        """Queue a well-formed message: full beats, then a last beat of 0 to ``width`` bytes."""
-        w = self.width
-        chunks = [message[i:i + w] for i in range(0, len(message), w)] or [b""]
-        for index, chunk in enumerate(chunks):
-            last = index == len(chunks) - 1
-            self.send_beat(int.from_bytes(chunk, "little"), len(chunk) if last else w, last)
-
-    def send_beat(self, data: int, nbytes: int, last: bool) -> None:
-        """Queue one raw beat (for malformed input)."""
-        self.queue.append((data, nbytes, last))
-        self.idle.clear()
-
-    async def run(self) -> None:
-        edge, settled = RisingEdge(self.clock), ReadOnly()
-        current: tuple[int, int, bool] | None = None
-        fired = False
-        while True:
-            await edge
-            if fired:
-                current = None
-                if not self.queue:
-                    self.idle.set()
-            pause = next(self.pause)
-            if current is None:
-                if self.queue and not pause:
-                    current = self.queue.popleft()
-                    self.payload.value = self.pack(*current)
-                    self.valid.value = 1
-                else:
-                    self.valid.value = 0
-            await settled
-            fired = current is not None and bool(self.ready.value)
-            if fired:
-                self.accepted.append(int(get_sim_time("ns")) // CLOCK_NS)
-
-
-class StreamSink:
-    """Takes messages from a byte stream, ``ready`` following the backpressure pattern."""
-
-    def __init__(self, dut, prefix: str, width: int, clock):
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.width = width
-        layout = byte_layout(width)
-        self.fields = {
-            name: (layout[name].offset, (1 << layout[name].width) - 1)
-            for name in ("data", "nbytes", "last", "error")
-        }
-        self.clock = clock
-        self.pause: Iterator[bool] = itertools.repeat(False)
-        #: Each message received: (bytes, error, cycle of its first beat, cycle of its last).
-        self.messages: list[tuple[bytes, bool, int, int]] = []
-        self.wanted = 0
-        self.received = Event()
-        #: Cycles in which a beat offered in the cycle before, and not taken, was withdrawn or
-        #: changed.
-        self.violations: list[int] = []
-        self.ready.value = 0
-
-    def set_pause_generator(self, factory: PatternFactory) -> None:
-        self.pause = factory() if factory is not None else itertools.repeat(False)
-
-    def field(self, value: int, name: str) -> int:
-        offset, mask = self.fields[name]
-        return (value >> offset) & mask
-
-    async def wait_for(self, count: int, timeout_cycles: int) -> None:
-        """Wait until ``count`` messages have come, failing after ``timeout_cycles``."""
-        if len(self.messages) >= count:
-            return
-        self.wanted = count
-        self.received.clear()
-        try:
-            await with_timeout(self.received.wait(), timeout_cycles * CLOCK_NS, "ns")
-        except SimTimeoutError:
-            raise AssertionError(
-                f"only {len(self.messages)} of {count} responses after {timeout_cycles} cycles"
-            ) from None
-
-    async def run(self) -> None:
-        edge, settled = RisingEdge(self.clock), ReadOnly()
-        data = bytearray()
-        error = False
-        first = 0
-        held: int | None = None  # the payload offered and not taken in the last cycle
-        while True:
-            await edge
-            ready = not next(self.pause)
-            self.ready.value = int(ready)
-            await settled
-            valid = bool(self.valid.value)
-            if held is not None:
-                # The stream rules: an offered beat stays offered, unchanged, until taken.
-                if not valid or int(self.payload.value) != held:
-                    self.violations.append(int(get_sim_time("ns")) // CLOCK_NS)
-                held = None
-            if valid and not ready:
-                held = int(self.payload.value)
-            if not (ready and valid):
-                continue
-            cycle = int(get_sim_time("ns")) // CLOCK_NS
-            value = int(self.payload.value)
-            last = bool(self.field(value, "last"))
-            if not data:
-                first = cycle
-            nbytes = min(self.field(value, "nbytes"), self.width) if last else self.width
-            data += self.field(value, "data").to_bytes(self.width, "little")[:nbytes]
-            error |= bool(self.field(value, "error"))
-            if last:
-                self.messages.append((bytes(data), error, first, cycle))
-                data, error = bytearray(), False
-                if len(self.messages) >= self.wanted:
-                    self.received.set()
-
-
-class TB:
-    """Clock, reset, and the source and sink models around the kernel."""
+class Crc32cTB(TB):
+    """The shared testbench shape, on the kernel's streams of ``WIDTH`` bytes a beat."""
 
     def __init__(self, dut):
-        self.dut = dut
-        self.width = WIDTH
-        self.log = logging.getLogger("cocotb.tb")
-        self.log.setLevel(logging.INFO)
-        Clock(dut.clk, CLOCK_NS, unit="ns").start()
-        self.source = StreamSource(dut, "i_stream", WIDTH, dut.clk)
-        self.sink = StreamSink(dut, "o_stream", WIDTH, dut.clk)
-        cocotb.start_soon(self.source.run())
-        cocotb.start_soon(self.sink.run())
-
-    def set_idle_generator(self, factory: PatternFactory = None) -> None:
-        self.source.set_pause_generator(factory)
-
-    def set_backpressure_generator(self, factory: PatternFactory = None) -> None:
-        self.sink.set_pause_generator(factory)
-
-    async def reset(self) -> None:
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 4)
-        self.dut.rst.value = 0
-        await ClockCycles(self.dut.clk, 2)
-
-    def timeout_cycles(self, messages: list[bytes]) -> int:
-        # Generous: every beat and every response beat could wait on a pause of 12 cycles.
-        beats = sum(len(m) // self.width + 1 for m in messages)
-        return 40 * (beats + 8 * len(messages)) + 1000
+        kernel = Crc32cKernel(WIDTH)  # for its port layouts only
+        super().__init__(dut, payload_layout(kernel, "i_stream"),
+                         payload_layout(kernel, "o_stream"), period_ns=CLOCK_NS, seed=SEED)
 
 
 def edge_case_sizes(width: int) -> list[int]:
     return sorted({0, 1, max(width - 1, 0), width, width + 1, 2 * width, 2 * width + 1})
 
 
-PATTERNS = [None, random_30, bursty]
-
-
 @cocotb.test()
 @cocotb.parametrize(idle_inserter=PATTERNS, backpressure_inserter=PATTERNS)
 async def run_test(dut, idle_inserter, backpressure_inserter):
     """Random messages and the edge-case sizes, under one idle/backpressure pattern each."""
-    tb = TB(dut)
+    tb = Crc32cTB(dut)
     tb.set_idle_generator(idle_inserter)
     tb.set_backpressure_generator(backpressure_inserter)
     await tb.reset()
@@ -277,15 +71,14 @@ async def run_test(dut, idle_inserter, backpressure_inserter):
         tb.source.send(message)
     await tb.sink.wait_for(len(messages), tb.timeout_cycles(messages))
 
-    assert not tb.sink.violations, f"o_stream broke the stream rules in cycles {tb.sink.violations}"
-    for number, (message, (response, error, _, _)) in enumerate(
-        zip(messages, tb.sink.messages, strict=True)
-    ):
-        assert response == crc_bytes(message), (
-            f"message {number} ({len(message)} bytes): response {response.hex()}, "
+    for number, (message, response) in enumerate(zip(messages, tb.sink.messages, strict=True)):
+        assert response.data == crc_bytes(message), (
+            f"message {number} ({len(message)} bytes): response {response.data.hex()}, "
             f"expected {crc_bytes(message).hex()}"
         )
-        assert not error, f"message {number} ({len(message)} bytes): error set on good input"
+        assert not response.error, (
+            f"message {number} ({len(message)} bytes): error set on good input"
+        )
     cycles = (get_sim_time("ns") - start) / CLOCK_NS
     tb.log.info(
         "W=%d: %d messages (%d bytes) in %d cycles", WIDTH, len(messages),
@@ -300,8 +93,8 @@ async def malformed_last_beat(dut):
     Its CRC is that of the message with the last beat taken as full, and the next message is
     answered as usual. (At width 1 ``nbytes`` has one bit, so it cannot exceed the width.)
     """
-    tb = TB(dut)
-    tb.set_backpressure_generator(random_30)
+    tb = Crc32cTB(dut)
+    tb.set_backpressure_generator(random_50)
     await tb.reset()
 
     rng = random.Random(SEED * 1000 + WIDTH)
@@ -312,20 +105,24 @@ async def malformed_last_beat(dut):
         body = rng.randbytes(w * rng.randint(0, 3))
         tail = rng.randbytes(w)
         for i in range(0, len(body), w):
-            tb.source.send_beat(int.from_bytes(body[i:i + w], "little"), w, False)
-        tb.source.send_beat(int.from_bytes(tail, "little"), bad_nbytes, True)
+            tb.source.send_beat(data=int.from_bytes(body[i:i + w], "little"), nbytes=w,
+                                last=False)
+        tb.source.send_beat(data=int.from_bytes(tail, "little"), nbytes=bad_nbytes, last=True)
         expected.append((crc_bytes(body + tail), True))
         good = rng.randbytes(rng.randint(0, 3 * w))
         tb.source.send(good)
         expected.append((crc_bytes(good), False))
 
     await tb.sink.wait_for(len(expected), 100 * len(expected) + 1000)
-    assert not tb.sink.violations, f"o_stream broke the stream rules in cycles {tb.sink.violations}"
-    for number, ((response, error, _, _), (want, want_error)) in enumerate(
+    for number, (response, (want, want_error)) in enumerate(
         zip(tb.sink.messages, expected, strict=True)
     ):
-        assert error == want_error, f"response {number}: error {error}, expected {want_error}"
-        assert response == want, f"response {number}: {response.hex()}, expected {want.hex()}"
+        assert response.error == want_error, (
+            f"response {number}: error {response.error}, expected {want_error}"
+        )
+        assert response.data == want, (
+            f"response {number}: {response.data.hex()}, expected {want.hex()}"
+        )
 
 
 @cocotb.test()
@@ -336,7 +133,7 @@ async def back_to_back_ii1(dut):
     in consecutive cycles, with no bubble between messages, and each response must come a
     fixed, small number of cycles after its message's last beat.
     """
-    tb = TB(dut)
+    tb = Crc32cTB(dut)
     await tb.reset()
 
     n = 256
@@ -362,17 +159,21 @@ async def back_to_back_ii1(dut):
         position += len(message) // WIDTH
         ends.append(position)  # cycle of the message's last beat
     latencies = []
-    for number, ((response, error, start, stop), message, end) in enumerate(
+    for number, (response, message, end) in enumerate(
         zip(tb.sink.messages, messages, ends, strict=True)
     ):
-        assert response == crc_bytes(message) and not error, f"response {number} is wrong"
-        assert stop - start == response_beats - 1, f"response {number} was not back to back"
-        latencies.append(start - end)
+        assert response.data == crc_bytes(message) and not response.error, (
+            f"response {number} is wrong"
+        )
+        assert response.end - response.start == response_beats - 1, (
+            f"response {number} was not back to back"
+        )
+        latencies.append(response.start - end)
 
     # The pipeline's depth, as the kernel declares it, plus the response queue's read latency:
     # the measured figure must be constant and within that budget.
     latency = latencies[0]
-    constant = tb.sink.messages[0][2] - first - n
+    constant = tb.sink.messages[0].start - first - n
     tb.log.info(
         "W=%d: first response %d cycles after the first beat of %d: N + %d; last beat to "
         "response: %d cycles (kernel LATENCY %d)", WIDTH, n + constant, n, constant, latency,

@@ -49,7 +49,7 @@ def test_cocotb(width, tmp_path):
     )
     assert result.tests == COCOTB_TESTS
     assert result.skipped == (1 if width == 1 else 0)  # no malformed nbytes fits at W=1
-    print(f"cocotb W={width}: {result.cycles_per_second(10):,.0f} cycles/s")
+    print(f"cocotb W={width}: {result.cycles_per_second(10):,.0f} cycles/s (wall clock)")
 
 
 @functools.cache
@@ -100,15 +100,19 @@ def test_harness_ii1(width):
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_harness_speed(width):
-    """The harness runs the kernel fast enough for the benchmark; the figure is printed."""
+    """The harness runs long messages through the kernel; its speed is printed, not asserted.
+
+    The figure that matters is cycles per CPU second of the harness's own simulation loop,
+    which does not depend on what else the machine runs; wall-clock cycles per second is shown
+    beside it. No test asserts a speed: the bench reports it.
+    """
     rng = random.Random(7)
     messages = [rng.randbytes(65536) for _ in range(16)]
-    result = max((harness(width).run(messages) for _ in range(3)),
-                 key=lambda r: r.cycles_per_second)
+    result = harness(width).run(messages)
+    assert result.outputs == [crc_bytes(m) for m in messages]
+    assert result.cycles >= len(messages) * 65536 // width
+    cpu = result.cycles / result.cpu_seconds if result.cpu_seconds > 0 else float("inf")
     print(
-        f"harness W={width}: {result.cycles_per_second / 1e6:.2f} M cycles/s "
-        f"({result.cycles / result.cpu_seconds / 1e6:.2f} M per CPU second)"
+        f"harness W={width}: {cpu / 1e6:.2f} M cycles per CPU second "
+        f"({result.cycles_per_second / 1e6:.2f} M per wall-clock second)"
     )
-    # A loose floor: an unoptimised build is several times slower than this, while a loaded
-    # machine still clears it.
-    assert result.cycles_per_second > 0.5e6
