@@ -20,7 +20,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..queue import RegisterQueue, count_up_down
-from ..stream import WIDTHS, byte_stream
+from ..stream import WIDTHS, byte_stream, request_stream
 
 __all__ = ["Crc32cKernel", "POLY", "INIT", "XOROUT", "crc32c_ref", "crc_matrices", "gf2_apply",
            "crc_byte_step"]
@@ -102,11 +102,14 @@ class Crc32cKernel(wiring.Component):
 
     Members
     -------
-    i_stream : ``In(byte_stream(width))``
-        Messages.
+    i_stream : ``In(request_stream(width))``
+        Messages. The kernel has one operation, so it ignores ``op``.
     o_stream : ``Out(byte_stream(width))``
         One CRC per message.
     """
+
+    #: The kernel's one operation (opcode 0, OP_CALL).
+    operations = ("call",)
 
     #: Cycles from a last beat being accepted to its result entering the response queue.
     LATENCY = 5
@@ -133,7 +136,7 @@ class Crc32cKernel(wiring.Component):
         self.queue_depth = 1 << (-(-round_trip // per_result) - 1).bit_length()
         self._MustUse__silence = False
         super().__init__({
-            "i_stream": In(byte_stream(width)),
+            "i_stream": In(request_stream(width)),
             "o_stream": Out(byte_stream(width)),
         })
 

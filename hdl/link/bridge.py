@@ -11,31 +11,65 @@ receive
 execute
     applies the rules of :mod:`hdl.link.protocol` to one frame at a time: answers system
     requests (OP_SYNC moves the expected sequence number), replays kept responses, refuses
-    frames out of sequence, and runs a kernel call by feeding the frame's payload to the kernel
-    while collecting its response into the replay slot of the frame's sequence number. It frees
-    the frame buffer as soon as the payload has been read.
+    frames out of sequence, resets a kernel (OP_RESET), and runs a kernel call by feeding the
+    frame's payload to the kernel while collecting its response into the replay slot of the
+    frame's sequence number. It frees the frame buffer as soon as the payload has been read.
 send
     builds each response frame (header, payload from a replay slot, the manifest ROM, the
     counters or a register, CRC-32C) one byte per cycle and COBS-encodes it.
 
 Kernel traffic is a byte per cycle, packed into and unpacked from each kernel's beats of
-``width`` bytes. Everything the bridge drives into a kernel comes from its own flip-flops, and
-what it takes back from a kernel only enters a few levels of logic before a flip-flop, so the
-bridge does not lengthen a kernel's critical path.
+``width`` bytes. Everything the bridge drives into a kernel comes from its own flip-flops
+(``o_stream.ready`` from a few levels of logic over them), and what it takes back from a
+kernel only enters a few levels of logic before a flip-flop, so the bridge does not lengthen a
+kernel's critical path.
+
+A kernel's response is collected into the replay slot of whichever frame is running on that
+kernel, during every frame of its message, and beyond it by continuation frames:
+
+* A frame of a message (a frame that is not a continuation) feeds its payload to the kernel,
+  every beat carrying the frame's opcode in ``op``, and meanwhile collects what the kernel
+  answers, up to ``max_response`` bytes; while the slot is full the kernel is held
+  (``o_stream.ready`` low). A FLAG_MORE frame is done when its payload is in: a beat the kernel
+  gives after that waits for the next frame to the kernel. The frame that ends the message is
+  done when the response has ended (its last beat taken) or the slot is full; then the
+  response carries FLAG_MORE and the kernel holds a *pending* response.
+* A continuation (FLAG_CONTINUE) collects the next bytes of a pending response the same way,
+  with FLAG_MORE while more remains. With nothing pending (no response, or the kernel's
+  message still open) it is answered STATUS_OK, empty.
+* A new message to a kernel whose previous response has not ended (pending, or left by a
+  timeout) first takes and drops the rest of that response, up to its last beat, while the new
+  message's payload goes in: none of it reaches the new response.
+* The frame that takes a response's last beat answers STATUS_KERNEL_ERROR if the kernel raised
+  ``error`` on it, with what it collected as payload.
+* Between frames, a kernel's output is held while it has a message or a response open; a
+  kernel with neither has whatever it gives (out of turn) taken and dropped.
+
+A beat is taken only when all of its bytes fit in the slot: ``max_response`` is a multiple of
+every kernel's width, and every beat but a response's last is full, so a beat never straddles
+two frames.
 
 Choices where :mod:`hdl.link.protocol` leaves room:
 
 * Every good frame to a kernel other than the system kernel is sequenced, whatever its status:
   a frame with the expected number consumes it, and its response (``STATUS_BAD_FRAME``,
   ``STATUS_UNKNOWN_KERNEL``, ... included) is kept for replay.
-* A kernel response longer than ``max_response`` is answered with ``STATUS_TOO_LONG`` and an
-  empty payload (the kernel has run; the rest of its response is taken and dropped).
-* A kernel that makes no progress (takes no beat and gives none) for ``timeout_cycles`` while
-  the bridge waits on it earns ``STATUS_KERNEL_ERROR`` with an empty payload; anything it gives
-  afterwards, once its message is over, is taken and dropped.
-* A kernel's response is collected only while the frame that ends its message runs. A kernel
-  that starts its response before its message ends must hold it until then; with a message
-  spread over several frames, a kernel that instead stops taking input would be timed out.
+* A kernel that makes no progress (takes no beat, gives none, and no beat of it is being
+  written) for ``timeout_cycles`` while a frame waits on it earns ``STATUS_KERNEL_TIMEOUT`` with
+  an empty payload. Its message stays open unless its last beat went in. What it had answered
+  in that frame is lost, so its response is no longer pending (a continuation is answered
+  STATUS_OK, empty), but it is still open: its next message drops the rest of it first. A
+  kernel held because its slot is full (it answered more than its frames allow) is timed out
+  the same way.
+* FLAG_MORE is ignored on a continuation, and a continuation's opcode is not compared with its
+  message's (it only has to be one the kernel declares). An OP_RESET frame is a reset whatever
+  its flags, and its payload is ignored.
+* OP_RESET raises the kernel's reset (a ``ResetInserter`` around it) for one cycle, from a
+  flip-flop, and clears the bridge's own state of the kernel: its open message, the partial
+  beat of it, its open or pending response. A kernel whose state lives in memories, which a
+  reset does not clear, clears them itself after a reset and holds ``i_stream.ready`` low
+  meanwhile; the bridge waits for it like for any kernel, so that must take well under
+  ``timeout_cycles``.
 * OP_SYNC reads its target from the frame buffer as a kernel call reads its payload (bytes past
   the fourth are ignored). A sync that moves the expected number forgets the replay window by
   counting no frame executed: the slots keep their bytes, but no number from before the sync
@@ -52,27 +86,30 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from ..kernels.crc32c import INIT, XOROUT, crc32c_ref, crc_byte_step
-from ..stream import WIDTHS, byte_stream
+from ..stream import WIDTHS, byte_stream, request_stream
 from .cobs import CobsDecoder, CobsEncoder
 from .protocol import (
     CRC_SIZE,
+    FLAG_CONTINUE,
     FLAG_MORE,
     FLAG_RESPONSE,
     HEADER_SIZE,
     KERNEL_COUNTERS,
     LINK_COUNTERS,
     LINK_VERSION,
+    MAX_OPERATIONS,
     MAX_PAYLOAD,
     MAX_RESPONSE,
-    OP_CALL,
     OP_COUNTERS,
     OP_MANIFEST,
+    OP_RESET,
     OP_SYNC,
     REPLAY_WINDOW,
     SEQ_BITS,
     STATUS_BAD_FRAME,
     STATUS_BAD_OPCODE,
     STATUS_KERNEL_ERROR,
+    STATUS_KERNEL_TIMEOUT,
     STATUS_NAMES,
     STATUS_OK,
     STATUS_OUT_OF_SEQUENCE,
@@ -111,9 +148,11 @@ class LinkBridge(wiring.Component):
     Parameters
     ----------
     kernels : list of (int, wiring.Component)
-        The kernels and their ids (1 to 255, each once). A kernel has a ``width`` attribute and
-        ports ``i_stream: In(byte_stream(width))``, ``o_stream: Out(byte_stream(width))``. The
-        bridge makes them its submodules. OP_COUNTERS reports them in this order.
+        The kernels and their ids (1 to 255, each once). A kernel has a ``width`` attribute, an
+        ``operations`` attribute (a tuple of 1 to MAX_OPERATIONS operation names; opcode ``n``
+        is ``operations[n]``) and ports ``i_stream: In(request_stream(width))``,
+        ``o_stream: Out(byte_stream(width))``. The bridge makes them its submodules, each
+        behind a reset of its own (OP_RESET). OP_COUNTERS reports them in this order.
     manifest : bytes
         What OP_MANIFEST answers after the expected sequence number (the compact JSON of
         :mod:`hdl.link.protocol`, built by whoever assembles the board). Held in a ROM.
@@ -121,7 +160,8 @@ class LinkBridge(wiring.Component):
         Largest request payload taken in one frame (4 to 65535: OP_SYNC's target must fit).
         Two frame buffers of the next power of two bytes are allocated.
     max_response : int
-        Largest kernel response sent in one frame and kept for replay (1 to 65535).
+        Largest kernel response sent in one frame and kept for replay (1 to 65535, a multiple
+        of every kernel's width, so that a response beat never straddles two frames).
     timeout_cycles : int
         Cycles without an input byte after which a half-received frame is dropped, and cycles
         without progress after which a kernel call is given up.
@@ -171,11 +211,19 @@ class LinkBridge(wiring.Component):
                 )
             members = component.signature.members
             if ("i_stream" not in members or "o_stream" not in members
-                    or members["i_stream"] != In(byte_stream(width))
+                    or members["i_stream"] != In(request_stream(width))
                     or members["o_stream"] != Out(byte_stream(width))):
                 raise TypeError(
                     f"LinkBridge kernel {kernel_id} must have ports "
-                    f"i_stream: In(byte_stream({width})) and o_stream: Out(byte_stream({width}))"
+                    f"i_stream: In(request_stream({width})) and "
+                    f"o_stream: Out(byte_stream({width}))"
+                )
+            operations = getattr(component, "operations", None)
+            if (not isinstance(operations, tuple) or not 1 <= len(operations) <= MAX_OPERATIONS
+                    or not all(isinstance(name, str) for name in operations)):
+                raise TypeError(
+                    f"LinkBridge kernel {kernel_id} must declare its operations as a tuple of "
+                    f"1 to {MAX_OPERATIONS} names, not {operations!r}"
                 )
         if not isinstance(manifest, (bytes, bytearray)):
             raise TypeError(f"LinkBridge manifest must be bytes, not {manifest!r}")
@@ -198,6 +246,12 @@ class LinkBridge(wiring.Component):
                 raise ValueError(f"LinkBridge {name} must be {bound}, not {value!r}")
         if window & (window - 1):
             raise ValueError(f"LinkBridge window must be a power of two, not {window!r}")
+        for kernel_id, component in kernels:
+            if max_response % component.width:
+                raise ValueError(
+                    f"LinkBridge max_response must be a multiple of every kernel's width, "
+                    f"not {max_response!r} (kernel {kernel_id} has {component.width} bytes a beat)"
+                )
 
         self.kernels = tuple(kernels)
         self.manifest = bytes(manifest)
@@ -221,8 +275,11 @@ class LinkBridge(wiring.Component):
         n_kernels = len(self.kernels)
         widths = [component.width for _, component in self.kernels]
         max_width = max(widths, default=1)
-        for kernel_id, component in self.kernels:
-            m.submodules[f"kernel_{kernel_id}"] = component
+        # OP_RESET pulses a kernel's reset for a cycle, from a flip-flop.
+        k_reset = [Signal(name=f"reset_k{kernel_id}") for kernel_id, _ in self.kernels]
+        for (kernel_id, component), reset in zip(self.kernels, k_reset, strict=True):
+            m.submodules[f"kernel_{kernel_id}"] = ResetInserter(reset)(component)
+            m.d.sync += reset.eq(0)
 
         link_ctr = {name: Signal(32, name=f"ctr_{name}") for name in LINK_COUNTERS}
         kernel_ctr = [
@@ -259,7 +316,9 @@ class LinkBridge(wiring.Component):
         frame_rd = frame_buffers.read_port()
 
         desc_layout = data.StructLayout({
-            "kernel": 8, "opcode": 8, "more": 1, "seq": SEQ_BITS, "length": 16,
+            "kernel": 8, "opcode": 8, "seq": SEQ_BITS, "length": 16,
+            "more": 1,  # FLAG_MORE, on a frame that is not a continuation
+            "cont": 1,  # FLAG_CONTINUE
             "bad": 1, "too_long": 1,
         })
         descs = [Signal(desc_layout, name=f"desc{b}") for b in range(2)]
@@ -291,7 +350,8 @@ class LinkBridge(wiring.Component):
                                 descs[b].length.eq(h_length),
                                 descs[b].bad.eq(
                                     ~h_version_ok
-                                    | (r_idx != h_length + HEADER_SIZE + CRC_SIZE)),
+                                    | (r_idx != h_length + HEADER_SIZE + CRC_SIZE)
+                                    | (descs[b].cont & (h_length != 0))),
                                 descs[b].too_long.eq(h_length > self.max_payload),
                             ]
                     m.d.sync += wbuf.eq(~wbuf)
@@ -314,7 +374,10 @@ class LinkBridge(wiring.Component):
                     with m.Case(2):
                         m.d.sync += w_desc.opcode.eq(byte)
                     with m.Case(3):
-                        m.d.sync += w_desc.more.eq((byte & FLAG_MORE) != 0)
+                        m.d.sync += [
+                            w_desc.more.eq((byte & (FLAG_MORE | FLAG_CONTINUE)) == FLAG_MORE),
+                            w_desc.cont.eq((byte & FLAG_CONTINUE) != 0),
+                        ]
                     for i in range(_SEQ_BYTES):
                         with m.Case(4 + i):
                             m.d.sync += w_desc.seq.word_select(i, 8).eq(byte)
@@ -345,6 +408,7 @@ class LinkBridge(wiring.Component):
         slot_rd = replay_slots.read_port()
         meta_layout = data.StructLayout({
             "kernel": 8, "status": _STATUS_BITS, "length": range(self.max_response + 1),
+            "more": 1,  # FLAG_MORE in the response
         })
         m.submodules.replay_meta = replay_meta = Memory(
             shape=meta_layout, depth=self.window, init=[])
@@ -360,10 +424,12 @@ class LinkBridge(wiring.Component):
         x_buf = Signal()
         x_held = Signal()  # its frame buffer is not yet released
         x_known = Signal()
+        x_op_ok = Signal()  # its opcode is one of its kernel's operations, or OP_RESET
         x_kidx = Signal(range(max(n_kernels, 1)))
         x_width_m1 = Signal(range(max_width))
         r_status = Signal(_STATUS_BITS)
         r_length = Signal(range(self.max_response + 1))
+        r_more = Signal()  # the response carries FLAG_MORE
 
         # The response handed to the sender.
         p_valid = Signal()
@@ -420,16 +486,24 @@ class LinkBridge(wiring.Component):
         acc = Signal(8 * (max_width - 1))  # bytes of a beat not yet full
         acc_n = Signal(range(max_width))
         last_sent = Signal()
-        # A message spread over several frames may leave a partial beat between them.
+        # What the bridge keeps of each kernel between frames: the partial beat a message spread
+        # over several frames may leave; whether a message is open (a FLAG_MORE frame taken and
+        # the frame that ends the message not); whether a response is open (its last beat not
+        # taken); whether continuations may collect it (its message is over and no frame timed
+        # out on it since, which would have lost bytes of it).
         saved_acc = [Signal(8 * (max_width - 1), name=f"saved_acc{k}") for k in range(n_kernels)]
         saved_acc_n = [Signal(range(max_width), name=f"saved_acc_n{k}")
                        for k in range(n_kernels)]
         in_msg = [Signal(name=f"in_msg{k}") for k in range(n_kernels)]
+        out_open = [Signal(name=f"out_open{k}") for k in range(n_kernels)]
+        pending = [Signal(name=f"pending{k}") for k in range(n_kernels)]
 
         # Kernel response: beats unpacked into bytes written to the replay slot.
-        u_valid, got_last, r_error, overflow = Signal(), Signal(), Signal(), Signal()
+        u_valid, got_last, r_error = Signal(), Signal(), Signal()
         u_data = Signal(8 * max_width)
         u_left = Signal(range(max_width + 1))
+        draining = Signal()  # taking and dropping the rest of an abandoned response
+        more_stop = Signal()  # a FLAG_MORE frame's payload is in: its slot takes no more beats
         watchdog = Signal(range(self.timeout_cycles))
 
         # The selected kernel's ports.
@@ -461,15 +535,34 @@ class LinkBridge(wiring.Component):
         feed_done = ~has_byte & (x.more | last_sent) & ~f_valid
         m.d.comb += frame_rd.addr.eq(Cat(Mux(take, fp + 1, fp)[:buf_bits], x_buf))
 
-        # Collect.
-        collect_ready = ~x.more & ~got_last & (~u_valid | (u_left == 1))
+        # Collect. A beat is taken only when all of its bytes fit in the slot. As max_response
+        # is a multiple of the width and every beat but a response's last is full, that is when
+        # the slot is not full once the byte being written now is in. Everything here is a few
+        # levels of logic from flip-flops: it drives the kernel's o_stream.ready.
+        slot_full = r_length == self.max_response
+        room = Mux(u_valid, (u_left == 1) & (r_length != self.max_response - 1), ~slot_full)
+        collect_ready = draining | (~got_last & ~more_stop & room)
         accept = o_valid & collect_ready
-        collect_done = got_last & ~u_valid
+        # A FLAG_MORE frame is done when its payload is in (what the kernel gives after that
+        # goes into the next frame's slot); the last frame of a message, or a continuation,
+        # when the response has ended or the slot is full.
+        done = feed_done & ~u_valid & ~draining & (more_stop | got_last | slot_full)
         m.d.comb += [
             slot_wr.addr.eq(Cat(r_length[:slot_bits], target)),
             slot_wr.data.eq(u_data[:8]),
         ]
         progress = take | final_beat | (f_valid & k_ready) | accept | u_valid
+
+        k_in_msg = select(in_msg)
+        k_out_open = select(out_open)
+
+        def forget_kernel():
+            # The bridge's own state of the selected kernel, as after power-on.
+            m.d.sync += [
+                Array(saved_acc)[x_kidx].eq(0), Array(saved_acc_n)[x_kidx].eq(0),
+                Array(in_msg)[x_kidx].eq(0), Array(out_open)[x_kidx].eq(0),
+                Array(pending)[x_kidx].eq(0),
+            ]
 
         with m.FSM(name="execute") as exec_fsm:
             with m.State("IDLE"):
@@ -477,8 +570,9 @@ class LinkBridge(wiring.Component):
                     desc = Mux(rbuf, descs[1].as_value(), descs[0].as_value())
                     m.d.sync += [
                         x.eq(desc), x_buf.eq(rbuf), x_held.eq(1), rbuf.eq(~rbuf),
-                        fp.eq(0), x_known.eq(0),
+                        fp.eq(0), x_known.eq(0), x_op_ok.eq(0),
                     ]
+                    opcode = desc_layout(desc).opcode
                     with m.Switch(desc_layout(desc).kernel):
                         for k, (kernel_id, component) in enumerate(self.kernels):
                             with m.Case(kernel_id):
@@ -486,6 +580,8 @@ class LinkBridge(wiring.Component):
                                     x_known.eq(1),
                                     x_kidx.eq(k),
                                     x_width_m1.eq(component.width - 1),
+                                    x_op_ok.eq((opcode < len(component.operations))
+                                               | (opcode == OP_RESET)),
                                 ]
                     m.next = "DECIDE"
 
@@ -518,8 +614,8 @@ class LinkBridge(wiring.Component):
                 with m.Elif(seq_behind == 0):
                     # The slot about to be written must not be the one being sent.
                     with m.If(~slot_hazard):
-                        m.d.sync += r_length.eq(0)
-                        with m.If(x.bad | x.too_long | ~x_known | (x.opcode != OP_CALL)):
+                        m.d.sync += [r_length.eq(0), r_more.eq(0), r_status.eq(STATUS_OK)]
+                        with m.If(x.bad | x.too_long | ~x_known | ~x_op_ok):
                             release_buffer()
                             with m.If(x.bad):
                                 m.d.sync += r_status.eq(STATUS_BAD_FRAME)
@@ -531,13 +627,28 @@ class LinkBridge(wiring.Component):
                                 m.d.sync += r_status.eq(STATUS_BAD_OPCODE)
                             m.next = "FINISH"
                         if n_kernels:
+                            with m.Elif(x.opcode == OP_RESET):
+                                # The kernel's reset is high while FINISH answers (a cycle).
+                                release_buffer()
+                                forget_kernel()
+                                m.d.sync += Array(k_reset)[x_kidx].eq(1)
+                                m.next = "FINISH"
+                            with m.Elif(x.cont & ~select(pending)):
+                                release_buffer()  # nothing to collect: STATUS_OK, empty
+                                m.next = "FINISH"
                             with m.Else():
+                                # A continuation feeds nothing (as if its message's last beat
+                                # had gone in); a new message drops what is left of an
+                                # abandoned response first; a frame that continues a message
+                                # whose response has ended has nothing to collect.
                                 m.d.sync += [
-                                    last_sent.eq(0), got_last.eq(0), r_error.eq(0),
-                                    overflow.eq(0), watchdog.eq(0),
+                                    last_sent.eq(x.cont), r_error.eq(0), more_stop.eq(0),
+                                    got_last.eq(k_in_msg & ~k_out_open),
+                                    draining.eq(~x.cont & ~k_in_msg & k_out_open),
+                                    watchdog.eq(0),
                                     acc.eq(Array(saved_acc)[x_kidx]),
                                     acc_n.eq(Array(saved_acc_n)[x_kidx]),
-                                    Array(in_msg)[x_kidx].eq(1),
+                                    Array(in_msg)[x_kidx].eq(~x.cont),
                                 ]
                                 m.next = "RUN"
                 with m.Elif(seq_behind <= executed):
@@ -577,48 +688,53 @@ class LinkBridge(wiring.Component):
                     with m.If(~has_byte):
                         release_buffer()
 
+                    m.d.sync += more_stop.eq(x.more & feed_done)
                     with m.If(u_valid):
-                        m.d.comb += slot_wr.en.eq(r_length < self.max_response)
-                        with m.If(r_length == self.max_response):
-                            m.d.sync += overflow.eq(1)
-                        with m.Else():
-                            m.d.sync += r_length.eq(r_length + 1)
-                        m.d.sync += [u_data.eq(u_data >> 8), u_left.eq(u_left - 1)]
+                        m.d.comb += slot_wr.en.eq(1)
+                        m.d.sync += [
+                            r_length.eq(r_length + 1),
+                            u_data.eq(u_data >> 8), u_left.eq(u_left - 1),
+                        ]
                         with m.If(u_left == 1):
                             m.d.sync += u_valid.eq(0)
                     with m.If(accept):
-                        m.d.sync += [
-                            u_valid.eq(o_count != 0), u_data.eq(o_data), u_left.eq(o_count),
-                        ]
-                        with m.If(o_last):
-                            m.d.sync += [got_last.eq(1), r_error.eq(o_error)]
+                        with m.If(draining):
+                            with m.If(o_last):
+                                m.d.sync += draining.eq(0)
+                        with m.Else():
+                            m.d.sync += [
+                                u_valid.eq(o_count != 0), u_data.eq(o_data), u_left.eq(o_count),
+                            ]
+                            with m.If(o_last):
+                                m.d.sync += [got_last.eq(1), r_error.eq(o_error)]
 
-                    with m.If(feed_done & (x.more | collect_done)):
+                    with m.If(done):
+                        more = ~x.more & ~got_last
                         m.d.sync += [
                             Array(saved_acc)[x_kidx].eq(acc),
                             Array(saved_acc_n)[x_kidx].eq(acc_n),
+                            Array(in_msg)[x_kidx].eq(x.more),
+                            Array(out_open)[x_kidx].eq(~got_last),
+                            Array(pending)[x_kidx].eq(more),
+                            r_more.eq(more),
                         ]
-                        with m.If(x.more):
-                            m.d.sync += r_status.eq(STATUS_OK)
-                        with m.Else():
-                            m.d.sync += Array(in_msg)[x_kidx].eq(0)
-                            with m.If(overflow):
-                                m.d.sync += [r_status.eq(STATUS_TOO_LONG), r_length.eq(0)]
-                            with m.Elif(r_error):
-                                m.d.sync += r_status.eq(STATUS_KERNEL_ERROR)
-                            with m.Else():
-                                m.d.sync += r_status.eq(STATUS_OK)
+                        with m.If(r_error):
+                            m.d.sync += r_status.eq(STATUS_KERNEL_ERROR)
                         m.next = "FINISH"
                     with m.Elif(progress):
                         m.d.sync += watchdog.eq(0)
                     with m.Elif(watchdog == self.timeout_cycles - 1):
                         # The kernel is stuck. Its message stays open unless its last beat
-                        # went in; a response it gives later is dropped once it is over.
+                        # went in; its response stays open (to be dropped before its next
+                        # message) unless it has ended, and is not pending: bytes of it were
+                        # lost with this frame's.
                         release_buffer()
                         m.d.sync += [
-                            f_valid.eq(0), u_valid.eq(0),
-                            r_status.eq(STATUS_KERNEL_ERROR), r_length.eq(0),
+                            f_valid.eq(0), u_valid.eq(0), draining.eq(0),
+                            r_status.eq(STATUS_KERNEL_TIMEOUT), r_length.eq(0),
                             Array(in_msg)[x_kidx].eq(x.more | ~(last_sent & ~f_valid)),
+                            Array(out_open)[x_kidx].eq(~got_last),
+                            Array(pending)[x_kidx].eq(0),
                         ]
                         m.next = "FINISH"
                     with m.Else():
@@ -653,6 +769,7 @@ class LinkBridge(wiring.Component):
                         meta_wr.data.kernel.eq(x.kernel),
                         meta_wr.data.status.eq(r_status),
                         meta_wr.data.length.eq(r_length),
+                        meta_wr.data.more.eq(r_more),
                     ]
                     respond(_Source.SLOT, 0)
                     m.d.comb += [e_load.eq(1), e_step.eq(1)]
@@ -664,8 +781,10 @@ class LinkBridge(wiring.Component):
 
         running = exec_fsm.ongoing("RUN") if n_kernels else Const(0)
 
-        # Kernel ports. Beats go in from flip-flops; the response is taken while the frame
-        # that ends the kernel's message runs, and dropped when the kernel has no message.
+        # Kernel ports. Beats go in from flip-flops, each with its frame's opcode. A kernel's
+        # response is taken while a frame to it runs; otherwise it is held while the kernel has
+        # a message or a response open, and taken and dropped when it has neither (a kernel
+        # that answers out of turn cannot block itself).
         for k, (_, component) in enumerate(self.kernels):
             i, o = component.i_stream, component.o_stream
             selected = running & (x_kidx == k)
@@ -675,7 +794,8 @@ class LinkBridge(wiring.Component):
                 i.payload.nbytes.eq(f_nbytes),
                 i.payload.last.eq(f_last),
                 i.payload.error.eq(0),
-                o.ready.eq(Mux(selected, collect_ready, ~in_msg[k])),
+                i.payload.op.eq(x.opcode),
+                o.ready.eq(Mux(selected, collect_ready, ~in_msg[k] & ~out_open[k])),
             ]
             ctr = kernel_ctr[k]
             m.d.comb += ctr["open_message"].eq(in_msg[k])
@@ -713,6 +833,7 @@ class LinkBridge(wiring.Component):
         b_seq, b_length, b_value = Signal(SEQ_BITS), Signal(16), Signal(SEQ_BITS)
         b_kernel = Signal(8)
         b_status = Signal(_STATUS_BITS)
+        b_more = Signal()
         b_crc = Signal(32)
         cnt = Signal(16)
         hold = Signal(24)  # the rest of a counter whose first byte has gone, so it is not torn
@@ -745,7 +866,7 @@ class LinkBridge(wiring.Component):
                         p_valid.eq(0),
                         b_src.eq(p_src), b_slot.eq(p_slot), b_seq.eq(p_seq),
                         b_kernel.eq(p_kernel), b_status.eq(p_status), b_length.eq(p_length),
-                        b_value.eq(p_value), b_crc.eq(INIT), cnt.eq(0),
+                        b_value.eq(p_value), b_crc.eq(INIT), cnt.eq(0), b_more.eq(0),
                     ]
                     with m.If(p_src == _Source.SLOT):
                         m.next = "LOAD"
@@ -756,11 +877,13 @@ class LinkBridge(wiring.Component):
                     b_kernel.eq(meta_rd.data.kernel),
                     b_status.eq(meta_rd.data.status),
                     b_length.eq(meta_rd.data.length),
+                    b_more.eq(meta_rd.data.more),
                 ]
                 m.next = "HEADER"
             with m.State("HEADER"):
                 header = Array([
-                    Const(LINK_VERSION, 8), b_kernel, b_status, Const(FLAG_RESPONSE, 8),
+                    Const(LINK_VERSION, 8), b_kernel, b_status,
+                    Mux(b_more, FLAG_RESPONSE | FLAG_MORE, FLAG_RESPONSE),
                     *(b_seq.word_select(i, 8) for i in range(_SEQ_BYTES)),
                     b_length[:8], b_length[8:],
                 ])

@@ -5,13 +5,14 @@ import random
 import google_crc32c
 import pytest
 from amaranth.hdl import Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from hdl.kernels.crc32c import Crc32cKernel
 from hdl.link.bridge import CRC_RESIDUE, LinkBridge
 from hdl.link.protocol import (
+    FLAG_CONTINUE,
     FLAG_MORE,
     FLAG_RESPONSE,
     KERNEL_COUNTERS,
@@ -19,16 +20,18 @@ from hdl.link.protocol import (
     LINK_VERSION,
     OP_COUNTERS,
     OP_MANIFEST,
+    OP_RESET,
     OP_SYNC,
     STATUS_BAD_FRAME,
     STATUS_BAD_OPCODE,
     STATUS_KERNEL_ERROR,
+    STATUS_KERNEL_TIMEOUT,
     STATUS_OK,
     STATUS_OUT_OF_SEQUENCE,
     STATUS_TOO_LONG,
     STATUS_UNKNOWN_KERNEL,
 )
-from hdl.stream import byte_stream
+from hdl.stream import byte_stream, request_stream
 
 from .frames import parse_responses, ref_frame, ref_request
 from .streams import stream_recv, stream_send
@@ -38,17 +41,20 @@ MAX_PAYLOAD = 64
 MAX_RESPONSE = 16
 TIMEOUT = 150
 
-CRC1, CRC4, ECHO, STUCK = 1, 2, 3, 4
-KERNEL_ORDER = [CRC1, CRC4, ECHO, STUCK]
+CRC1, CRC4, ECHO, STUCK, OPECHO, SLOW, SLOW4, COUNT = range(1, 9)
+KERNEL_ORDER = [CRC1, CRC4, ECHO, STUCK, OPECHO, SLOW, SLOW4, COUNT]
 
 
 class EchoKernel(wiring.Component):
-    """Answers each message with itself, one beat per cycle, with ``error`` on the last beat when
-    the message starts with 0xEE."""
+    """Answers each message with itself, a beat per cycle as its beats come, with ``error`` on
+    the last beat when the message starts with 0xEE."""
 
-    width = 1
-    i_stream: In(byte_stream(1))
-    o_stream: Out(byte_stream(1))
+    operations = ("call",)
+
+    def __init__(self, width=1):
+        self.width = width
+        super().__init__({"i_stream": In(request_stream(width)),
+                          "o_stream": Out(byte_stream(width))})
 
     def elaborate(self, platform):
         m = Module()
@@ -58,7 +64,7 @@ class EchoKernel(wiring.Component):
         with m.If(o.ready):
             m.d.sync += o.valid.eq(0)
         with m.If(i.valid & i.ready):
-            is_bad = bad | (first & (i.payload.nbytes != 0) & (i.payload.data == 0xEE))
+            is_bad = bad | (first & (i.payload.nbytes != 0) & (i.payload.data[:8] == 0xEE))
             m.d.sync += [
                 o.valid.eq(1),
                 o.payload.data.eq(i.payload.data),
@@ -71,11 +77,104 @@ class EchoKernel(wiring.Component):
         return m
 
 
+class SlowEchoKernel(wiring.Component):
+    """An :class:`EchoKernel` whose response goes through a 64-beat queue and out at most one
+    beat every ``4 * width + 1`` cycles: it takes a message faster than it answers, so most of a
+    response comes after the message has ended."""
+
+    operations = ("call",)
+
+    def __init__(self, width=1):
+        self.width = width
+        self.gap = 4 * width
+        super().__init__({"i_stream": In(request_stream(width)),
+                          "o_stream": Out(byte_stream(width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.echo = echo = EchoKernel(self.width)
+        width = len(echo.o_stream.payload.as_value())
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=width, depth=64)
+        wiring.connect(m, wiring.flipped(self.i_stream), echo.i_stream)
+        o = self.o_stream
+        gap = Signal(range(self.gap + 1))
+        m.d.comb += [
+            queue.w_data.eq(echo.o_stream.payload),
+            queue.w_en.eq(echo.o_stream.valid),
+            echo.o_stream.ready.eq(queue.w_rdy),
+            o.valid.eq(queue.r_rdy & (gap == 0)),
+            o.payload.eq(queue.r_data),
+            queue.r_en.eq(o.ready & (gap == 0)),
+        ]
+        with m.If(o.valid & o.ready):
+            m.d.sync += gap.eq(self.gap)
+        with m.Elif(gap != 0):
+            m.d.sync += gap.eq(gap - 1)
+        return m
+
+
+class OpEchoKernel(wiring.Component):
+    """Three operations: answers each message with its ``op``, then the message."""
+
+    width = 1
+    operations = ("first", "second", "third")
+    i_stream: In(request_stream(1))
+    o_stream: Out(byte_stream(1))
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i_stream, self.o_stream
+        told = Signal()  # the op of the message has gone out
+        free = ~o.valid | o.ready
+        m.d.comb += i.ready.eq(free & told)
+        with m.If(o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(i.valid & free & ~told):
+            m.d.sync += [
+                o.valid.eq(1), o.payload.data.eq(i.payload.op), o.payload.nbytes.eq(1),
+                o.payload.last.eq(0), o.payload.error.eq(0), told.eq(1),
+            ]
+        with m.If(i.valid & i.ready):
+            m.d.sync += [
+                o.valid.eq(1),
+                o.payload.data.eq(i.payload.data),
+                o.payload.nbytes.eq(i.payload.nbytes),
+                o.payload.last.eq(i.payload.last),
+                o.payload.error.eq(0),
+                told.eq(~i.payload.last),
+            ]
+        return m
+
+
+class CounterKernel(wiring.Component):
+    """Stateful: answers each message with one byte, the messages it has taken since reset."""
+
+    width = 1
+    operations = ("call",)
+    i_stream: In(request_stream(1))
+    o_stream: Out(byte_stream(1))
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i_stream, self.o_stream
+        count = Signal(8)
+        m.d.comb += [
+            i.ready.eq(~o.valid | o.ready),
+            o.payload.data.eq(count), o.payload.nbytes.eq(1), o.payload.last.eq(1),
+        ]
+        with m.If(o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(i.valid & i.ready & i.payload.last):
+            m.d.sync += [o.valid.eq(1), count.eq(count + 1)]
+        return m
+
+
 class StuckKernel(wiring.Component):
     """Never takes a beat."""
 
     width = 1
-    i_stream: In(byte_stream(1))
+    operations = ("call",)
+    i_stream: In(request_stream(1))
     o_stream: Out(byte_stream(1))
 
     def elaborate(self, platform):
@@ -84,7 +183,8 @@ class StuckKernel(wiring.Component):
 
 def make_bridge(**kwargs):
     kernels = [(CRC1, Crc32cKernel(1)), (CRC4, Crc32cKernel(4)), (ECHO, EchoKernel()),
-               (STUCK, StuckKernel())]
+               (STUCK, StuckKernel()), (OPECHO, OpEchoKernel()), (SLOW, SlowEchoKernel()),
+               (SLOW4, SlowEchoKernel(4)), (COUNT, CounterKernel())]
     params = dict(max_payload=MAX_PAYLOAD, max_response=MAX_RESPONSE, timeout_cycles=TIMEOUT)
     params.update(kwargs)
     return LinkBridge(kernels, MANIFEST, **params)
@@ -344,22 +444,32 @@ def test_unknown_kernel_and_bad_opcode():
     ]
 
 
-def test_too_long():
+def test_too_long_request_and_long_response():
     rng = random.Random(3)
     long = rng.randbytes(MAX_PAYLOAD + 1)
+    full = rng.randbytes(MAX_PAYLOAD)
+    over = bytes(range(1, MAX_RESPONSE + 2))
     chunks = [
         ref_request(CRC1, 0, long),
-        ref_request(CRC1, 1, rng.randbytes(MAX_PAYLOAD)),
-        ref_request(ECHO, 2, bytes(range(1, MAX_RESPONSE + 2))),  # response over max_response
-        ref_request(ECHO, 3, bytes(range(1, MAX_RESPONSE + 1))),
+        ref_request(CRC1, 1, full),
+        ref_request(ECHO, 2, over),  # a response one byte over max_response: not TOO_LONG
+        ref_request(ECHO, 3, flags=FLAG_CONTINUE),
+        ref_request(ECHO, 4, bytes(range(1, MAX_RESPONSE + 1))),  # exactly max_response
+        ref_request(ECHO, 5, flags=FLAG_CONTINUE),  # nothing pending
         counters_request(),
     ]
-    got, _ = run(chunks, 5)
-    assert [r.status for r in got[:4]] == [STATUS_TOO_LONG, STATUS_OK, STATUS_TOO_LONG, STATUS_OK]
-    assert got[0].payload == b"" and got[2].payload == b""
-    assert got[3].payload == bytes(range(1, MAX_RESPONSE + 1))
-    _, kernels = parse_counters(got[4].payload)
+    got, _ = run(chunks, 7)
+    assert [(r.status, r.flags, r.payload) for r in got[:6]] == [
+        (STATUS_TOO_LONG, FLAG_RESPONSE, b""),
+        (STATUS_OK, FLAG_RESPONSE, crc_le(full)),
+        (STATUS_OK, FLAG_RESPONSE | FLAG_MORE, over[:MAX_RESPONSE]),
+        (STATUS_OK, FLAG_RESPONSE, over[MAX_RESPONSE:]),
+        (STATUS_OK, FLAG_RESPONSE, bytes(range(1, MAX_RESPONSE + 1))),
+        (STATUS_OK, FLAG_RESPONSE, b""),
+    ]
+    _, kernels = parse_counters(got[6].payload)
     assert kernels[CRC1]["beats_in"] == MAX_PAYLOAD
+    assert kernels[ECHO]["beats_in"] == kernels[ECHO]["beats_out"] == 2 * MAX_RESPONSE + 1
 
 
 @pytest.mark.parametrize("kernel", [CRC1, CRC4])
@@ -387,7 +497,7 @@ def test_stuck_kernel_is_timed_out():
     chunks = [ref_request(STUCK, 0, b"abc"), ref_request(CRC1, 1, b"abc"), counters_request()]
     got, _ = run(chunks, 3)
     assert [(r.status, r.payload) for r in got[:2]] == [
-        (STATUS_KERNEL_ERROR, b""), (STATUS_OK, crc_le(b"abc"))]
+        (STATUS_KERNEL_TIMEOUT, b""), (STATUS_OK, crc_le(b"abc"))]
     _, kernels = parse_counters(got[2].payload)
     assert kernels[STUCK]["beats_in"] == 0 and kernels[STUCK]["busy_cycles"] >= TIMEOUT
 
@@ -443,6 +553,30 @@ def test_parameters_checked():
         LinkBridge([], b"", timeout_cycles=None)
     with pytest.raises(ValueError, match="window must be a power of two"):
         LinkBridge([], b"", timeout_cycles=10, window=6)
+    with pytest.raises(ValueError, match="max_response must be a multiple of every kernel's"):
+        LinkBridge([(1, Crc32cKernel(4))], b"", max_response=6, timeout_cycles=10)
+
+    class Undeclared(StuckKernel):
+        operations = None
+
+    class TooMany(StuckKernel):
+        operations = ("op",) * 129
+
+    for kernel in (Undeclared(), TooMany()):
+        with pytest.raises(TypeError, match="must declare its operations"):
+            LinkBridge([(1, kernel)], b"", timeout_cycles=10)
+
+    class OldPorts(wiring.Component):  # the ports of link v1's kernels
+        width = 1
+        operations = ("call",)
+        i_stream: In(byte_stream(1))
+        o_stream: Out(byte_stream(1))
+
+        def elaborate(self, platform):
+            return Module()
+
+    with pytest.raises(TypeError, match=r"i_stream: In\(request_stream\(1\)\)"):
+        LinkBridge([(1, OldPorts())], b"", timeout_cycles=10)
 
 
 def test_bridge_without_kernels():
@@ -599,3 +733,283 @@ def test_open_message_survives_sync(kernel):
     _, kernels = parse_counters(got[3].payload)
     assert kernels[kernel]["open_message"] == 0
     assert kernels[kernel]["beats_in"] == (8 if kernel == CRC1 else 2)
+
+
+# ---- The kernel platform: operations, long responses, OP_RESET ----------------------------
+
+
+def message_frames(kernel, seq, message, size, *, opcode=0):
+    """``message`` as FLAG_MORE frames of ``size`` bytes and a last frame with the rest, numbered
+    from ``seq``."""
+    parts = [message[i:i + size] for i in range(0, len(message), size)] or [b""]
+    return [ref_request(kernel, seq + n, part, opcode=opcode,
+                        flags=FLAG_MORE if n < len(parts) - 1 else 0)
+            for n, part in enumerate(parts)]
+
+
+def continuations(kernel, seq, count):
+    return [ref_request(kernel, seq + n, flags=FLAG_CONTINUE) for n in range(count)]
+
+
+def whole_response(responses, frames):
+    """The bytes of one response, from the responses to a message's ``frames`` frames and to the
+    continuations after them, checking FLAG_MORE: never on a frame before the message's last,
+    and set on the last frame's response and each continuation's exactly while more follows
+    (a response with FLAG_MORE is full; after the one without it, continuations are empty)."""
+    assert all(r.flags in (FLAG_RESPONSE, FLAG_RESPONSE | FLAG_MORE) for r in responses)
+    assert all(len(r.payload) <= MAX_RESPONSE for r in responses)
+    assert all(r.flags == FLAG_RESPONSE for r in responses[:frames - 1])
+    tail = responses[frames - 1:]
+    more = [bool(r.flags & FLAG_MORE) for r in tail]
+    end = more.index(False)  # the response ends in this one
+    assert more[end:] == [False] * (len(tail) - end)
+    assert all(len(r.payload) == MAX_RESPONSE for r in tail[:end])
+    assert all(r.payload == b"" for r in tail[end + 1:])
+    return b"".join(r.payload for r in responses)
+
+
+@pytest.mark.parametrize("idle, backpressure", [(0.0, 0.0), (0.3, 0.6)])
+def test_operations_reach_the_kernel(idle, backpressure):
+    chunks = [
+        ref_request(OPECHO, 0, b"xy", opcode=0),
+        ref_request(OPECHO, 1, b"", opcode=2),
+        ref_request(OPECHO, 2, b"abc", opcode=1, flags=FLAG_MORE),
+        ref_request(OPECHO, 3, b"de", opcode=1),
+        ref_request(OPECHO, 4, b"zz", opcode=3),  # undeclared: nothing reaches the kernel
+        ref_request(OPECHO, 5, b"zz", opcode=0x80),
+        ref_request(CRC1, 6, b"zz", opcode=1),
+        ref_request(CRC1, 7, b"zz", opcode=OP_RESET - 1),
+        ref_request(OPECHO, 8, b"!", opcode=2),
+        counters_request(),
+    ]
+    got, _ = run(chunks, len(chunks), seed=9, idle=idle, backpressure=backpressure)
+    assert [r.status for r in got[:9]] == [STATUS_OK] * 4 + [STATUS_BAD_OPCODE] * 4 + [STATUS_OK]
+    assert [r.seq for r in got[:9]] == list(range(9))
+    assert got[0].payload == b"\x00xy" and got[1].payload == b"\x02"
+    assert got[2].payload + got[3].payload == b"\x01abcde"
+    assert all(r.payload == b"" for r in got[4:8])
+    assert got[8].payload == b"\x02!"
+    _, kernels = parse_counters(got[9].payload)
+    assert kernels[OPECHO]["beats_in"] == 2 + 1 + 5 + 1
+    assert kernels[CRC1]["beats_in"] == 0
+    assert kernels[OPECHO]["open_message"] == 0
+
+
+@pytest.mark.parametrize("kernel", [ECHO, SLOW, SLOW4])
+@pytest.mark.parametrize("idle, backpressure", [(0.0, 0.0), (0.3, 0.6)])
+def test_response_longer_than_max_response(kernel, idle, backpressure):
+    message = random.Random(kernel).randbytes(50)
+    chunks = message_frames(kernel, 0, message, 12)  # five frames
+    chunks += continuations(kernel, 5, 5)
+    chunks += [ref_request(kernel, 10, b"next"), counters_request()]
+    got, _ = run(chunks, len(chunks), seed=10, idle=idle, backpressure=backpressure)
+    assert [r.status for r in got[:11]] == [STATUS_OK] * 11
+    assert [r.seq for r in got[:11]] == list(range(11))
+    assert whole_response(got[:10], 5) == message
+    if kernel != ECHO:
+        # The slow kernel answers mostly after the message: continuations carry most of it.
+        assert sum(bool(r.flags & FLAG_MORE) for r in got[4:10]) >= 2
+    assert (got[10].flags, got[10].payload) == (FLAG_RESPONSE, b"next")
+    _, kernels = parse_counters(got[11].payload)
+    assert kernels[kernel]["open_message"] == 0
+    assert kernels[kernel]["beats_out"] == kernels[kernel]["beats_in"]
+
+
+@pytest.mark.parametrize("backpressure", [0.0, 0.7])
+def test_retried_continuation_returns_the_same_bytes(backpressure):
+    message = random.Random(11).randbytes(50)
+    chunks = [
+        ref_request(SLOW, 0, message),
+        ref_request(SLOW, 1, flags=FLAG_CONTINUE),
+        ref_request(SLOW, 1, flags=FLAG_CONTINUE),  # retried: replayed, not run again
+        ref_request(SLOW, 0, message),  # the first frame retried
+        ref_request(SLOW, 2, flags=FLAG_CONTINUE),
+        ref_request(SLOW, 1, flags=FLAG_CONTINUE),
+        ref_request(SLOW, 3, flags=FLAG_CONTINUE),
+        ref_request(SLOW, 3, flags=FLAG_CONTINUE),
+        ref_request(SLOW, 4, flags=FLAG_CONTINUE),
+        counters_request(),
+    ]
+    got, _ = run(chunks, len(chunks), seed=12, backpressure=backpressure)
+    assert got[2] == got[1] and got[3] == got[0] and got[5] == got[1] and got[7] == got[6]
+    first = [got[0], got[1], got[4], got[6], got[8]]
+    assert [r.seq for r in first] == list(range(5))
+    assert all(r.status == STATUS_OK for r in first)
+    assert whole_response(first, 1) == message
+    assert [len(r.payload) for r in first] == [16, 16, 16, 2, 0]
+    link, kernels = parse_counters(got[9].payload)
+    assert link["replays"] == 4
+    assert kernels[SLOW]["beats_in"] == kernels[SLOW]["beats_out"] == 50
+
+
+def test_continuation_with_nothing_pending():
+    chunks = [
+        ref_request(CRC1, 0, flags=FLAG_CONTINUE),  # nothing ever ran
+        ref_request(CRC1, 1, b"abc"),
+        ref_request(CRC1, 2, flags=FLAG_CONTINUE),  # the response was whole
+        ref_request(ECHO, 3, b"ab", flags=FLAG_MORE),
+        ref_request(ECHO, 4, flags=FLAG_CONTINUE),  # a message is open: nothing pending
+        ref_request(ECHO, 5, b"cd"),
+        ref_request(ECHO, 6, b"x", flags=FLAG_CONTINUE),  # a continuation has no payload
+        ref_request(9, 7, flags=FLAG_CONTINUE),
+    ]
+    got, _ = run(chunks, len(chunks), backpressure=0.3)
+    assert [(r.status, r.flags, r.seq) for r in got] == [
+        (STATUS_OK, FLAG_RESPONSE, 0), (STATUS_OK, FLAG_RESPONSE, 1),
+        (STATUS_OK, FLAG_RESPONSE, 2), (STATUS_OK, FLAG_RESPONSE, 3),
+        (STATUS_OK, FLAG_RESPONSE, 4), (STATUS_OK, FLAG_RESPONSE, 5),
+        (STATUS_BAD_FRAME, FLAG_RESPONSE, 6), (STATUS_UNKNOWN_KERNEL, FLAG_RESPONSE, 7),
+    ]
+    assert [r.payload for r in got[:3]] == [b"", crc_le(b"abc"), b""]
+    assert got[4].payload == b"" and got[3].payload + got[5].payload == b"abcd"
+    assert got[6].payload == got[7].payload == b""
+
+
+@pytest.mark.parametrize("kernel", [SLOW, SLOW4])
+@pytest.mark.parametrize("backpressure", [0.0, 0.6])
+def test_new_message_drops_abandoned_response(kernel, backpressure):
+    rng = random.Random(13)
+    first, second = rng.randbytes(50), rng.randbytes(40)
+    chunks = [
+        ref_request(kernel, 0, first),  # FLAG_MORE: the rest is abandoned
+        ref_request(kernel, 1, b"fresh"),
+        ref_request(kernel, 2, flags=FLAG_CONTINUE),
+        ref_request(kernel, 3, second),  # abandoned in turn
+        *message_frames(kernel, 4, b"0123456789", 4),  # a message over three frames
+        *continuations(kernel, 7, 2),
+        counters_request(),
+    ]
+    got, _ = run(chunks, len(chunks), seed=14, backpressure=backpressure)
+    assert all(r.status == STATUS_OK for r in got[:9])
+    assert (got[0].flags, got[0].payload) == (FLAG_RESPONSE | FLAG_MORE, first[:MAX_RESPONSE])
+    assert (got[1].flags, got[1].payload) == (FLAG_RESPONSE, b"fresh")
+    assert (got[2].flags, got[2].payload) == (FLAG_RESPONSE, b"")
+    assert (got[3].flags, got[3].payload) == (FLAG_RESPONSE | FLAG_MORE, second[:MAX_RESPONSE])
+    assert whole_response(got[4:9], 3) == b"0123456789"
+    _, kernels = parse_counters(got[9].payload)
+    # Every byte of the abandoned responses was taken from the kernel, and none went out.
+    assert kernels[kernel]["beats_out"] == kernels[kernel]["beats_in"]
+    assert kernels[kernel]["open_message"] == 0
+
+
+@pytest.mark.parametrize("frame_size", [64, 12])
+def test_kernel_error_on_a_long_response(frame_size):
+    message = b"\xee" + random.Random(15).randbytes(40)
+    chunks = message_frames(SLOW, 0, message, frame_size)
+    frames = len(chunks)
+    chunks += continuations(SLOW, frames, 4)
+    chunks += [ref_request(SLOW, frames + 4, b"ok")]
+    got, _ = run(chunks, len(chunks), seed=16, backpressure=0.4)
+    assert whole_response(got[:-1], frames) == message
+    # The frame that carries the response's last beat has the status; none before it.
+    end = next(n for n, r in enumerate(got) if n >= frames - 1 and not r.flags & FLAG_MORE)
+    assert got[end].payload
+    assert [r.status for r in got[:-1]] == [
+        STATUS_KERNEL_ERROR if n == end else STATUS_OK for n in range(len(got) - 1)]
+    assert (got[-1].status, got[-1].payload) == (STATUS_OK, b"ok")
+
+
+def test_reset_runs_exactly_once():
+    chunks = [
+        ref_request(COUNT, 0, b"a"),
+        ref_request(COUNT, 1, b"b"),
+        ref_request(COUNT, 2, opcode=OP_RESET),
+        ref_request(COUNT, 2, opcode=OP_RESET),  # retried: replayed, not run again
+        ref_request(COUNT, 3, b"c"),
+        ref_request(COUNT, 2, opcode=OP_RESET),
+        ref_request(COUNT, 4, b"d", flags=FLAG_MORE),
+        ref_request(COUNT, 5, b"e"),
+        ref_request(COUNT, 6, b"f"),
+        counters_request(),
+    ]
+    got, _ = run(chunks, len(chunks), seed=17, idle=0.2, backpressure=0.5)
+    assert all(r.status == STATUS_OK for r in got)
+    assert [r.payload for r in got[:9]] == [
+        b"\x01", b"\x02", b"", b"", b"\x01", b"", b"", b"\x02", b"\x03"]
+    assert got[3] == got[2] and got[5] == got[2]
+    link, _ = parse_counters(got[9].payload)
+    assert link["replays"] == 2
+
+
+@pytest.mark.parametrize("kernel", [CRC1, CRC4])
+def test_reset_abandons_an_open_message(kernel):
+    chunks = [
+        ref_request(kernel, 0, b"abc", flags=FLAG_MORE),  # on CRC4 a partial beat is held
+        ref_request(kernel, 1, opcode=OP_RESET),
+        300,
+        counters_request(),
+        400,
+        ref_request(kernel, 2, b"defgh"),
+        ref_request(kernel, 3, b"x", flags=FLAG_MORE),
+        ref_request(kernel, 4, b"yz"),
+    ]
+    got, _ = run(chunks, 6)
+    assert [(r.status, r.flags, r.payload) for r in got[:2]] == [
+        (STATUS_OK, FLAG_RESPONSE, b""), (STATUS_OK, FLAG_RESPONSE, b"")]
+    assert parse_counters(got[2].payload)[1][kernel]["open_message"] == 0
+    assert got[3].payload == crc_le(b"defgh")
+    assert [r.payload for r in got[4:]] == [b"", crc_le(b"xyz")]
+
+
+def test_reset_drops_a_pending_response():
+    message = random.Random(18).randbytes(50)
+    chunks = [
+        ref_request(SLOW, 0, message),
+        ref_request(SLOW, 1, opcode=OP_RESET),
+        ref_request(SLOW, 2, flags=FLAG_CONTINUE),  # nothing pending after the reset
+        ref_request(SLOW, 3, b"new"),
+        ref_request(STUCK, 4, b"abc"),
+        ref_request(STUCK, 5, opcode=OP_RESET),  # a stuck kernel's open message is cleared
+        300,
+        counters_request(),
+    ]
+    got, _ = run(chunks, 7, backpressure=0.3)
+    assert [(r.status, r.flags, r.payload) for r in got[:6]] == [
+        (STATUS_OK, FLAG_RESPONSE | FLAG_MORE, message[:MAX_RESPONSE]),
+        (STATUS_OK, FLAG_RESPONSE, b""),
+        (STATUS_OK, FLAG_RESPONSE, b""),
+        (STATUS_OK, FLAG_RESPONSE, b"new"),
+        (STATUS_KERNEL_TIMEOUT, FLAG_RESPONSE, b""),
+        (STATUS_OK, FLAG_RESPONSE, b""),
+    ]
+    _, kernels = parse_counters(got[6].payload)
+    assert kernels[STUCK]["open_message"] == 0
+
+
+def test_random_long_traffic():
+    # Calls to several kernels, each over frames of random sizes and with as many continuations
+    # as its response could need, some frames retried: every response comes back whole.
+    rng = random.Random(19)
+    chunks, calls = [], []
+    seq = 0
+    count = 0
+    for _ in range(10):
+        kernel = rng.choice([ECHO, SLOW, SLOW4, COUNT, CRC4])
+        message = rng.randbytes(rng.randrange(0, 60))
+        if message[:1] == b"\xee":
+            message = b"\x00" + message
+        frames = message_frames(kernel, seq, message, rng.randrange(1, 13))
+        n_cont = (len(message) + MAX_RESPONSE) // MAX_RESPONSE
+        frames += continuations(kernel, seq + len(frames), n_cont)
+        first = len(chunks)
+        for frame in frames:
+            chunks.append(frame)
+            if rng.random() < 0.15:
+                chunks.append(frame)
+        numbers = list(range(seq, seq + len(frames)))
+        seq += len(frames)
+        if kernel == COUNT:
+            count += 1
+            expect = bytes([count])
+        elif kernel == CRC4:
+            expect = crc_le(message)
+        else:
+            expect = message
+        calls.append((first, numbers, len(frames) - n_cont, expect))
+    got, _ = run(chunks, len(chunks), seed=20, idle=0.3, backpressure=0.6)
+    by_seq = {}
+    for r in got:
+        assert r.status == STATUS_OK
+        assert by_seq.setdefault(r.seq, r) == r  # a retried frame gets the same response
+    for _, numbers, frames, expect in calls:
+        assert whole_response([by_seq[n] for n in numbers], frames) == expect
