@@ -22,7 +22,7 @@ from hdl.link import protocol as p
 from ..errors import KernelError, KernelNotFound, OffloadError
 
 __all__ = ["Param", "Operation", "KernelSpec", "KernelModel", "Response", "KERNELS", "get",
-           "by_id", "ENTRY_POINT_GROUP", "ParamError"]
+           "by_id", "registry", "ENTRY_POINT_GROUP", "ParamError"]
 
 log = logging.getLogger("offload")
 
@@ -307,22 +307,38 @@ def _check_registry(specs: Sequence[KernelSpec]) -> tuple[KernelSpec, ...]:
     return tuple(kept)
 
 
-#: Every kernel: this package's, then those of installed plug-in packages.
-KERNELS: tuple[KernelSpec, ...] = _check_registry(_builtin() + _plugins())
+def registry() -> tuple[KernelSpec, ...]:
+    """Every kernel: this package's, then those of installed plug-in packages.
+
+    Loaded on first use, not when offload is imported: a plug-in package imports offload to
+    define its kernel, and would not be loadable while offload itself is still being imported
+    (a user who imports the plug-in first would lose it).
+    """
+    specs = globals().get("KERNELS")
+    if specs is None:
+        specs = _check_registry(_builtin() + _plugins())
+        globals()["KERNELS"] = specs
+    return specs
+
+
+def __getattr__(name: str):
+    if name == "KERNELS":  # offload.kernels.KERNELS: every kernel, loaded on first use
+        return registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(name: str) -> KernelSpec:
     """The kernel called ``name``; :class:`KernelNotFound` listing the known ones otherwise."""
-    for spec in KERNELS:
+    for spec in registry():
         if spec.name == name:
             return spec
-    known = ", ".join(spec.name for spec in KERNELS)
+    known = ", ".join(spec.name for spec in registry())
     raise KernelNotFound(f"no kernel named {name!r}; known kernels: {known}")
 
 
 def by_id(kernel_id: int) -> KernelSpec:
     """The kernel whose link id is ``kernel_id``."""
-    for spec in KERNELS:
+    for spec in registry():
         if spec.id == kernel_id:
             return spec
     raise KernelNotFound(f"no kernel has id {kernel_id}")
