@@ -140,6 +140,7 @@ CACHE_KINDS: dict[str, str] = {
     "verilator": "Verilator models: stream harnesses, virtual boards (sim.build)",
     "cocotb": "Verilator models of cocotb testbenches (sim.cocotb_runner)",
     "builds": "bitstreams and their reports (boards.build)",
+    "formal": "SBY proofs of the kernel stream contract (sim.formal)",
 }
 
 

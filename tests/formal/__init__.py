@@ -1,0 +1,1 @@
+"""Formal checks of the kernel stream contract (SymbiYosys)."""
