@@ -210,3 +210,10 @@ def test_its_own_suite_passes(needs_verilator):
     summary = done.stdout.strip().splitlines()[-1]
     print(summary)
     assert " passed" in summary and "failed" not in summary and "error" not in summary
+
+
+def test_its_proof_against_the_stream_contract(plugin_env, needs_verilator):
+    """The suite's formal test proves every registered kernel: with the package, regfile too."""
+    done = run(plugin_env, sys.executable, "-m", "pytest", "tests/formal", "-k",
+               "registered_kernel", "-v", "-p", "no:cacheprovider", timeout=1800)
+    assert "test_registered_kernel_keeps_the_contract[regfile] PASSED" in done.stdout

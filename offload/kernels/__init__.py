@@ -155,6 +155,10 @@ class KernelSpec:
         Build-time parameters; ``width`` (bytes per beat) if the kernel has a choice of widths.
     board_params : dict of str to dict
         Defaults per board that differ from the parameters' own (a small FPGA, a big one).
+    proof_params : dict of str to int
+        Parameters its proof of the stream contract builds it with, where the defaults would
+        make the bounded check too deep (a table cleared after reset in ``slots`` cycles is
+        proved with a few slots; the logic is the same).
     stateful : bool
         A stateful kernel keeps state where it runs: its CPU model is made per device, its
         calls never fall back to the CPU (the CPU's state is not the board's), they are never
@@ -178,6 +182,7 @@ class KernelSpec:
     strategies: Callable[[Mapping[str, int]], dict[str, Any]]
     params: Mapping[str, Param] = field(default_factory=dict)
     board_params: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    proof_params: Mapping[str, int] = field(default_factory=dict)
     stateful: bool = False
 
     # -- operations --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ the first run pays for them. Tests that run a check are skipped, naming the tool
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 
@@ -32,7 +33,8 @@ def registered_kernel_components() -> dict[str, Callable[[], wiring.Component]]:
     """
     import offload.kernels
 
-    return {spec.name: spec.component for spec in offload.kernels.KERNELS}
+    return {spec.name: functools.partial(spec.component, **spec.proof_params)
+            for spec in offload.kernels.KERNELS}
 
 
 @pytest.fixture(scope="module")
