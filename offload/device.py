@@ -105,15 +105,17 @@ class Device:
         self.virtual_board = None
         for name, expected in (params or {}).items():
             spec_ = kernels.get(name)
-            wanted = spec_.resolve(expected)
+            resolved = spec_.resolve(expected)  # checks names and limits
             if backend is not None and name in backend.kernels:
                 have = backend.kernel_params(name)
-                if have != wanted:
+                # Only what the caller named: the rest is the device's to choose.
+                wanted = {key: resolved[key] for key in expected}
+                if {key: have.get(key) for key in wanted} != wanted:
                     raise DeviceError(
                         f"{name} on {spec!r} is built with {have}, not the {wanted} asked "
                         f"for: rebuild the device with offload build --kernel "
                         f"{name}:" + ",".join(f"{k}={v}" for k, v in wanted.items()))
-            self._params[name] = wanted
+            self._params[name] = resolved
 
     # -- what it has -------------------------------------------------------------------------
 
