@@ -141,7 +141,7 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names,
                    DERIVED, f"{wire} wire bytes at {board.link_baud:,} baud + ~{kernel_cycles:.0f}"
                    f" kernel cycles at {board.clock_mhz:g} MHz")
         report.add(spec.name, f"CPU path / kernel on {board_name} at fmax", cpu_mbs / kernel_mbs,
-                   "x", DERIVED, "how many times faster this CPU's instruction is")
+                   "x", DERIVED, "how many times faster the CPU path is (below 1: the kernel is)")
         done()
 
     width = spec.default_width

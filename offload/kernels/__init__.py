@@ -267,9 +267,9 @@ class KernelSpec:
 
 
 def _builtin() -> list[KernelSpec]:
-    from . import crc32c
+    from . import crc32c, varint
 
-    return [crc32c.SPEC]
+    return [crc32c.SPEC, varint.SPEC]
 
 
 def _plugins() -> list[KernelSpec]:
