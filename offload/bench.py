@@ -98,7 +98,7 @@ def measure_amaranth_sim(spec: KernelSpec, width: int, cycles: int = 4000) -> tu
     """Amaranth's own simulator streaming beats through the kernel: (cycles, seconds)."""
     from amaranth.sim import Simulator
 
-    dut = spec.component(**({"width": width} if "width" in spec.params else {}))
+    dut = spec.component(**spec.width_params(width))
     payload = random.Random(1).randbytes(width)
     elapsed = 0.0
 

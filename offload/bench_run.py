@@ -85,7 +85,7 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names,
     response_len = 0
     for width in widths:
         step(f"{label}: gateware at {width} B/cycle in Verilator")
-        params = spec.resolve({"width": width} if "width" in spec.params else {})
+        params = spec.resolve(spec.width_params(width))
         expected = spec.cpu(*args, op=op.name, params=params)
         harness = _harness(spec, width)
         result = harness.run(messages)
@@ -169,7 +169,7 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names,
 def _harness(spec: KernelSpec, width: int):
     from sim.harness import StreamHarness
 
-    params = {"width": width} if "width" in spec.params else {}
+    params = spec.width_params(width)
     return StreamHarness.for_component(lambda: spec.component(**params),
                                        kernel_label(spec, spec.resolve(params)), width)
 
@@ -187,7 +187,7 @@ def _cocotb_speed(spec: KernelSpec, width: int) -> float:
     layout = byte_layout(width)
     with tempfile.TemporaryDirectory(prefix="offload-cocotb-") as tmp:
         out = Path(tmp) / "speed.json"
-        params = {"width": width} if "width" in spec.params else {}
+        params = spec.width_params(width)
         run_cocotb(lambda: spec.component(**params), kernel_label(spec, spec.resolve(params)),
                    "sim.cocotb_speed",
                    Path(tmp), parameters={"width": width, "cycles": _COCOTB_CYCLES,

@@ -58,11 +58,8 @@ def build_kernel(board: str, kernel: str, *, width: int | None = None,
     check_build_dir(build_dir)
     spec = registry.get(kernel)
     params = dict(params or {})
-    if width is not None or "width" in spec.params:
-        if "width" in spec.params:
-            params.setdefault("width", board_width(board, spec, width))
-        else:
-            board_width(board, spec, width)  # an error for a width the kernel cannot have
+    if width is not None:  # board_width: an error for a width the kernel cannot have
+        params = {**spec.width_params(board_width(board, spec, width)), **params}
     params = spec.resolve(params, board=board)
     name = kernel_label(spec, params)
     return build(board, lambda: KernelPinTop(spec.component(**params)), name=name,

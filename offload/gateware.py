@@ -116,8 +116,8 @@ def device_design(board: str = "icebreaker", kernel_names: Sequence[str] | None 
     chosen = []
     for spec in specs:
         asked = dict(params.get(spec.name, {}))
-        if width is not None and "width" in spec.params:
-            asked.setdefault("width", board_width(board, spec, width))
+        if width is not None:
+            asked = {**spec.width_params(board_width(board, spec, width)), **asked}
         resolved = spec.resolve(asked, board=board)
         chosen.append((spec, tuple(sorted(resolved.items()))))
     return DeviceDesign(board, tuple(chosen))

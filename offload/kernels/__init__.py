@@ -237,6 +237,11 @@ class KernelSpec:
         width = self.params.get("width")
         return width.default if width is not None else 1
 
+    def width_params(self, width: int | None) -> dict[str, int]:
+        """The parameters that build it ``width`` bytes a beat: ``{"width": width}`` for a
+        kernel with a choice of widths, nothing for one without (or for no width)."""
+        return {"width": width} if width is not None and "width" in self.params else {}
+
     def component(self, **params: object):
         """The gateware, built with ``params`` (the rest at their defaults)."""
         module, _, factory = self.gateware.partition(":")

@@ -24,6 +24,8 @@ from offload.errors import KernelError
 from offload.kernels import Response
 from offload.kernels.varint import SPEC, VarintModel, scan, varint_bytes
 
+from ..link.streams import stream_send
+
 encoder = pytest.importorskip("google.protobuf.internal.encoder",
                               reason="protobuf is not installed")
 from google.protobuf.internal import decoder, wire_format  # noqa: E402
@@ -199,13 +201,8 @@ def simulate(messages, *, seed=0, idle=0.3, backpressure=0.3):
                 beats[-1]["last"] = True
             else:
                 beats.append(dict(data=0, nbytes=0, last=True, op=opcode))
-            for beat in beats:
-                while rng.random() < idle:
-                    await ctx.tick()
-                ctx.set(dut.i_stream.valid, 1)
-                ctx.set(dut.i_stream.payload, {**beat, "error": 0})
-                await ctx.tick().until(dut.i_stream.ready)
-                ctx.set(dut.i_stream.valid, 0)
+            await stream_send(ctx, dut.i_stream, [{**beat, "error": 0} for beat in beats],
+                              rng=rng, idle=idle)
 
     async def sink(ctx):
         data = b""
