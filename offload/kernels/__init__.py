@@ -38,15 +38,23 @@ class Param:
     """One build-time parameter of a kernel: its default and what values it may take.
 
     ``choices`` (if given) lists every allowed value; otherwise ``low``/``high`` bound it.
+
+    A parameter that is not a number (a protobuf kernel's schema) has a ``convert``:
+    ``convert(value) -> str`` takes whatever a caller may give (a string from the command line,
+    an object from Python) and answers its canonical text, the value the manifest, the build
+    cache and the module names carry; it raises :class:`ParamError` for a value it cannot take.
     """
 
-    default: int
+    default: int | str
     doc: str = ""
     low: int | None = None
     high: int | None = None
     choices: tuple[int, ...] | None = None
+    convert: Callable[[object], str] | None = None
 
-    def check(self, kernel: str, name: str, value: object) -> int:
+    def check(self, kernel: str, name: str, value: object) -> int | str:
+        if self.convert is not None:
+            return self.convert(value)
         if isinstance(value, str):
             try:
                 value = int(value, 0)
@@ -65,6 +73,8 @@ class Param:
         return value
 
     def describe(self) -> str:
+        if self.convert is not None:
+            return f"{self.default}"
         if self.choices is not None:
             return f"{self.default} (one of {', '.join(map(str, self.choices))})"
         return f"{self.default} ({self.low}..{self.high})"
