@@ -106,7 +106,8 @@ def _board_names() -> list[str]:
               help="Board to build for.")
 @click.option("--kernel", "kernel_args", multiple=True, type=KernelArg(),
               help="Kernel in the device, with parameters as NAME:key=value,... (repeat for "
-                   "several; default: all, at the board's defaults).")
+                   "several; default: every kernel a device has by default, at the board's "
+                   "defaults).")
 @click.option("--width", type=int, default=None,
               help="Kernel beat width in bytes (default: the board's).")
 @click.option("--kernel-only", is_flag=True,

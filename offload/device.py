@@ -352,21 +352,31 @@ def check_spec(spec: object) -> None:
 
 def open_device(spec: str = "cpu", *, fallback: str = "auto", baudrate: int | None = None,
                 timeout: float = 0.5, retries: int = 8,
-                params: Mapping[str, Mapping[str, object]] | None = None) -> Device:
-    """Open a device. See :func:`offload.open`."""
+                params: Mapping[str, Mapping[str, object]] | None = None,
+                kernels: Sequence[str] | None = None) -> Device:
+    """Open a device. See :func:`offload.open`.
+
+    ``kernels`` names the kernels a virtual board (``"sim"``) is built with: by default every
+    kernel a device has by default, and every kernel given ``params``. Other devices have what
+    they were built with.
+    """
     if fallback not in FALLBACK_POLICIES:
         raise ValueError(
             f"fallback must be one of {', '.join(map(repr, FALLBACK_POLICIES))}, not {fallback!r}"
         )
     check_spec(spec)
+    from . import kernels as registry
+
     for name, values in (params or {}).items():
-        kernels.get(name).resolve(values)  # a clear error before anything is opened or built
+        registry.get(name).resolve(values)  # a clear error before anything is opened or built
+    for name in kernels or ():
+        registry.get(name)
     if spec == "cpu":
         return Device("cpu", None, fallback=fallback, params=params)
     if spec == "sim" or spec.startswith("sim:"):
         board = spec.partition(":")[2] or "icebreaker"
         return _open_sim(spec, board, fallback=fallback, timeout=timeout, retries=retries,
-                         params=params)
+                         params=params, kernel_names=kernels)
     if spec == "auto":
         return _open_auto(fallback=fallback, baudrate=baudrate, timeout=timeout, params=params)
     return _open_link(spec, fallback=fallback, baudrate=baudrate, timeout=timeout,
@@ -401,10 +411,10 @@ def _open_link(url: str, *, fallback: str, baudrate: int | None, timeout: float,
 
 
 def _open_sim(spec: str, board: str, *, fallback: str, timeout: float, retries: int,
-              params=None) -> Device:
+              params=None, kernel_names=None) -> Device:
     from .gateware import device_design
 
-    vboard = device_design(board, params=params).virtual_board().start()
+    vboard = device_design(board, kernel_names, params=params).virtual_board().start()
     device = _open_link(vboard.url, fallback=fallback, baudrate=None, timeout=timeout,
                         retries=retries, spec=spec, on_close=vboard.stop, params=params)
     device.virtual_board = vboard

@@ -100,16 +100,17 @@ class DeviceDesign:
 def device_design(board: str = "icebreaker", kernel_names: Sequence[str] | None = None,
                   width: int | None = None,
                   params: Mapping[str, Mapping[str, object]] | None = None) -> DeviceDesign:
-    """The design of ``board`` with ``kernel_names`` (default: every kernel, and every kernel
-    named in ``params``), each at ``params[name]``, else the board's defaults, else its own;
-    ``width``, if given, for every kernel that has a choice of widths."""
+    """The design of ``board`` with ``kernel_names`` (default: every kernel that is in a device
+    by default), and every kernel named in ``params``, each at ``params[name]``, else the
+    board's defaults, else its own; ``width``, if given, for every kernel that has a choice of
+    widths."""
     from boards import get_board
 
     get_board(board)  # a clear error for an unknown board, before anything else
     params = dict(params or {})
-    names = list(kernel_names or [])
-    names += [name for name in params if kernel_names and name not in names]
-    specs = [registry.get(n) for n in names] if names else list(registry.KERNELS)
+    names = list(kernel_names or [spec.name for spec in registry.KERNELS if spec.default])
+    names += [name for name in params if name not in names]
+    specs = [registry.get(n) for n in names]
     unknown = set(params) - {spec.name for spec in specs}
     for name in unknown:
         registry.get(name)  # KernelNotFound for a name offload does not know

@@ -14,6 +14,9 @@ def pytest_addoption(parser):
                          "default), or a board's port, e.g. serial:///dev/ttyUSB1")
     group.addoption("--board", default="icebreaker",
                     help="the board behind --device (and the virtual board's board)")
+    group.addoption("--slow", action="store_true", default=False,
+                    help="more examples where a test draws them (more random protobuf "
+                         "schemas, each a virtual board of its own)")
 
 
 @pytest.fixture
