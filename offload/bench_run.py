@@ -65,6 +65,7 @@ def run_bench(specs: Sequence[KernelSpec], *, size: int, boards: Sequence[str] |
 
 def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names, step, done):
     from boards import get_board
+    from boards.build import BuildError
 
     op_name, args = spec.workload(spec.resolve(), size, random.Random(0))
     op = spec.operation(op_name)
@@ -80,8 +81,14 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names,
                "batches")
     done()
 
+    extra = spec.bench(spec.resolve(), op.name, args) if spec.bench is not None else None
+    items, unit = (extra["items"], extra["unit"]) if extra else (0, "")
+    for what, value, row_unit, note in (extra or {}).get("rows", ()):
+        report.add(spec.name, what, value, row_unit, MEASURED, note)
+
     widths = sorted({board_width(b, spec) for b in board_names} | {spec.default_width})
     cycles_per_byte: dict[int, float] = {}
+    result_cycles: dict[int, int] = {}
     response_len = 0
     for width in widths:
         step(f"{label}: gateware at {width} B/cycle in Verilator")
@@ -99,18 +106,31 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names,
             raise OffloadError(f"{label} at width {width} gave {got!r} in simulation, the "
                                f"CPU path {expected!r}: the gateware is wrong")
         cycles_per_byte[width] = result.active_cycles / max(size, 1)
+        result_cycles[width] = result.active_cycles
         response_len = sum(len(r.data) for r in responses)
         report.add(spec.name, f"gateware cycles per byte, {width} B/cycle",
                    cycles_per_byte[width], "cycles/B", MEASURED,
                    f"Verilator harness, {result.active_cycles} cycles from first beat to "
                    f"result for {size} request bytes ({label})")
+        if items:
+            report.add(spec.name, f"gateware cycles per {unit[:-1]}, {width} B/cycle",
+                       result.active_cycles / items, "cycles", MEASURED,
+                       f"Verilator harness, {result.active_cycles} cycles for {items} {unit} "
+                       f"({label})")
     done()
 
     for board_name in board_names:
         board = get_board(board_name)
         width = board_width(board_name, spec)
         step(f"{spec.name}: build for {board_name} (cached after the first run)")
-        build = _build(board_name, spec, width)
+        try:
+            build = _build(board_name, spec, width)
+        except BuildError as exc:  # it does not fit this board: say so, bench the others
+            first = str(exc).splitlines()[0]
+            report.skipped.append(f"{spec.name} on {board_name}: the build failed ({first})")
+            done()
+            done()
+            continue
         report.add(spec.name, f"fmax on {board_name}, {width} B/cycle", build.fmax_mhz, "MHz",
                    MEASURED, f"nextpnr timing analysis of {build.bitstream.name} "
                    f"({'cached' if build.cached else 'built now'})")
@@ -142,6 +162,26 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names,
                    f" kernel cycles at {board.clock_mhz:g} MHz")
         report.add(spec.name, f"CPU path / kernel on {board_name} at fmax", cpu_mbs / kernel_mbs,
                    "x", DERIVED, "how many times faster the CPU path is (below 1: the kernel is)")
+        if items:
+            per_item = result_cycles[width] / items
+            report.add(spec.name, f"{unit} per second on {board_name} at fmax",
+                       build.fmax_mhz * 1e6 / per_item, f"{unit}/s", DERIVED,
+                       f"fmax {build.fmax_mhz:.1f} MHz / {per_item:.1f} cycles per {unit[:-1]}")
+            report.add(spec.name, f"{unit} per second on {board_name} at its "
+                       f"{board.clock_mhz:g} MHz clock", board.clock_hz / per_item, f"{unit}/s",
+                       DERIVED, f"board clock / {per_item:.1f} cycles per {unit[:-1]}")
+            if "reference" in extra:
+                name, rate = extra["reference"]
+                report.add(spec.name, f"{name} / kernel on {board_name} at fmax",
+                           rate / (build.fmax_mhz * 1e6 / per_item), "x", DERIVED,
+                           f"{unit} per second on this CPU / at fmax (below 1: the kernel is "
+                           "faster)")
+            wire_per_item = (wire_size(p.MAX_PAYLOAD) / p.MAX_PAYLOAD) * \
+                (size + response_len) / items
+            report.add(spec.name, f"{unit} per second through the {board_name} link",
+                       board.link_baud / 10 / wire_per_item, f"{unit}/s", DERIVED,
+                       f"baud / 10 / {wire_per_item:.1f} wire bytes per {unit[:-1]} "
+                       "(request and response, framed)")
         done()
 
     width = spec.default_width

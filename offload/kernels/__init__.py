@@ -169,6 +169,17 @@ class KernelSpec:
         Parameters its proof of the stream contract builds it with, where the defaults would
         make the bounded check too deep (a table cleared after reset in ``slots`` cycles is
         proved with a few slots; the logic is the same).
+    bench : callable, optional
+        ``bench(params, op, args) -> {"items": n, "unit": "messages", "rows": [(what, value,
+        unit, note), ...]}``: for a kernel whose calls hold several records, how many the bench
+        workload's call ``args`` holds (the bench then shows rates per item), rows measured
+        on this CPU with the library the kernel is compared with, and optionally
+        ``"reference": (name, items per second)``, the library's rate the kernel's is set
+        against.
+    default : bool
+        Whether a device has it when no kernels are named (``offload.open("sim")``,
+        ``offload build`` without ``--kernel``). A kernel built for one use, as the protobuf
+        kernel is for one schema, is in a device only when it is named or given parameters.
     stateful : bool
         A stateful kernel keeps state where it runs: its CPU model is made per device, its
         calls never fall back to the CPU (the CPU's state is not the board's), they are never
@@ -194,6 +205,8 @@ class KernelSpec:
     board_params: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     proof_params: Mapping[str, int] = field(default_factory=dict)
     stateful: bool = False
+    default: bool = True
+    bench: Callable[[Mapping[str, Any], str, tuple], Mapping[str, Any]] | None = None
 
     # -- operations --------------------------------------------------------------------------
 
@@ -282,9 +295,9 @@ class KernelSpec:
 
 
 def _builtin() -> list[KernelSpec]:
-    from . import crc32c, varint
+    from . import crc32c, protobuf, varint
 
-    return [crc32c.SPEC, varint.SPEC]
+    return [crc32c.SPEC, varint.SPEC, protobuf.SPEC]
 
 
 def _plugins() -> list[KernelSpec]:
