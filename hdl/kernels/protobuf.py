@@ -34,7 +34,8 @@ decode, a message
     * whose length prefix or body the request ends inside ("cut short"), or whose length is
       over ``MAX_MESSAGE``;
     * with a varint (a tag, a length, a value, a skipped unknown one) over 10 bytes or whose
-      10th byte is above 0x01;
+      10th byte is above 0x01, or a tag or a field's length over 5 bytes (upb refuses those,
+      even padded with 0x80 bytes);
     * with a tag whose field number is 0 or above 2**29 - 1 (a tag of 2**32 or more);
     * with a tag of wire type 3 or 4 (groups) or 6 or 7;
     * with a field of the schema sent with a wire type other than its own (a repeated scalar
@@ -280,6 +281,8 @@ class _Decoder(wiring.Component):
                             m.d.sync += vval[j].eq(0)
                     with m.If(vplace[9] & byte[1:].any()):
                         fail()  # over 10 bytes, or over 64 bits
+                    with m.Elif(((vmode == TAG) | (vmode == LENGTH)) & vplace[4] & byte[7]):
+                        fail()  # a tag or a length over 5 bytes
                     with m.Elif(byte[7]):
                         m.d.sync += vplace.eq(vplace << 1)
                         with m.If((vmode != TOPLEN) & (pos + 1 == lim)):
@@ -845,17 +848,44 @@ class ProtobufKernel(wiring.Component):
         self.table = table
         self.encoder = _Encoder(table)
         self.decoder = _Decoder(table)
-        # The proof's bound: the longest response (the record out, or the walk of a record and
-        # its message out) after the last request beat, with each beat waiting up to a cycle
-        # for ready under the contract's fairness.
-        size, enc = table.record_size, self.encoder.buffer
-        walk = sum(3 + 2 * 10 + table.max_bytes + 10 * table.max_repeat for _ in table.fields)
-        latency = 2 * (size + enc + 4) + walk + 2 * size + 16
-        self.contract_bounds = {"latency": latency, "depth": latency + 8}
+        latency = self._latency()
+        self.contract_bounds = {"latency": latency, "depth": latency + 4}
         super().__init__({
             "i_stream": In(request_stream(self.width)),
             "o_stream": Out(byte_stream(self.width)),
         })
+
+    def _latency(self, fairness: int = 2) -> int:
+        """Cycles from a request's last beat to the end of its response, at most, each response
+        beat waiting up to ``fairness - 1`` cycles for ``ready``: the sum of the engines' state
+        counts on the longest path (see the states in :class:`_Encoder` and
+        :class:`_Decoder`)."""
+        t = self.table
+        walk = 0
+        for f in t.fields:
+            tag = 1 + 1 + varint_len(_tag(f)) + 1  # TAGW, BWV0, BWV, NEXT
+            if f.is_message:
+                walk += 1 + 1 + varint_len(max_encoded(t, t.fields.index(f))) + tag
+            elif f.is_bytes:
+                walk += 1 + 3 + 1 + t.max_bytes + 1 + 1 + varint_len(t.max_bytes) + tag
+            else:
+                value = f.scalar_size if f.wire_type != WIRE_VARINT else 1 + _max_value_len(f)
+                read = f.scalar_size + 1
+                if f.repeated:
+                    run = t.max_repeat * _max_value_len(f)
+                    walk += (1 + 3 + 1 + t.max_repeat * (1 + read + 1 + value + 1) + 1 +
+                             varint_len(run) + tag)
+                else:
+                    walk += 1 + read + 1 + value + tag
+        out = self.encoder.buffer
+        encode = walk + 1 + varint_len(self.encoder.max_message) + 1 + 1 + fairness * out + 1
+        # decode: the last value's writes (a varint value and a repeated field's count, or a
+        # string's clearing), leaving the messages, then the record out (or, for a malformed
+        # message, the memory cleared) and the end beat.
+        size = t.record_size
+        writes = max(1 + 8 + 1 + 2, t.max_bytes)
+        decode = writes + 1 + t.depth + 1 + max(1 + fairness * size + 1, 1 + size + 1) + 1
+        return max(encode, decode) + fairness + 2
 
     def elaborate(self, platform):
         m = Module()

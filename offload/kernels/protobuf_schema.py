@@ -58,7 +58,8 @@ class SchemaError(ParamError):
 
 
 #: Builtin schema names and the message types they name (in ``schemas/bench.proto``).
-BUILTINS = {"small": "offload.bench.Small", "blob": "offload.bench.Blob"}
+BUILTINS = {"small": "offload.bench.Small", "blob": "offload.bench.Blob",
+            "tiny": "offload.bench.Tiny"}
 _BUILTIN_FILE = "bench.proto"
 
 #: ``max_bytes`` and ``max_repeat`` are at most this (a record's ``len``/``count`` is a u2).
