@@ -3,8 +3,9 @@
 This wraps ``cocotb_tools.runner`` (cocotb 2.x) so that a pytest test is one call:
 
 - the component's Verilog is built once per design into the build cache (a folder keyed by a
-  hash of the Verilog, the build options and the cocotb and Verilator versions), so each width
-  of a kernel has its own model and a second run starts the simulation at once;
+  hash of the Verilog, the build options, the cocotb and Verilator versions and where cocotb's
+  libraries are), so each width of a kernel has its own model and a second run starts the
+  simulation at once;
 - the testbench gets its parameters as ``OFFLOAD_<NAME>`` environment variables;
 - a failing testbench raises :class:`~sim.build.SimulationError` naming the failed cocotb tests
   and their messages, instead of the ``SystemExit`` that cocotb's runner raises.
@@ -134,8 +135,14 @@ def _build(verilog: str, name: str, build_args: Sequence[str]) -> Path:
     # cocotb 2.1's Verilator runner ignores build(always=False): every call runs Verilator and
     # make again. The cache's stamp is what skips a build here, and build() runs only into a
     # new folder.
+    # The model links cocotb's VPI library by its absolute path (a RUNPATH), so another
+    # installation of cocotb (another venv sharing the cache) needs its own build.
+    version = _cocotb_version()  # a ToolchainError naming cocotb if it is missing
+    import cocotb
+
+    libs = str(Path(cocotb.__file__).resolve().parent / "libs")
     digest = hashlib.sha256()
-    for part in (name, verilog, _cocotb_version(), verilator_version(), *_TIMESCALE, *build_args):
+    for part in (name, verilog, version, libs, verilator_version(), *_TIMESCALE, *build_args):
         digest.update(part.encode() + b"\0")
     folder = toolchain.cache_dir() / "cocotb" / f"{name}-{digest.hexdigest()[:16]}"
 
