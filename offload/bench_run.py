@@ -18,7 +18,7 @@ from .bench import DERIVED, MEASURED, BenchReport, measure_amaranth_sim, time_ca
 from .build import progress_bar
 from .errors import KernelError, OffloadError
 from .gateware import board_width, kernel_label
-from .kernels import KernelSpec, Response
+from .kernels import KernelSpec, Response, same_result
 from .link.codec import wire_size
 
 __all__ = ["run_bench", "print_report"]
@@ -102,7 +102,7 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names,
             got = spec.result(op, params, responses, args, {})
         except (KernelError, ValueError) as exc:
             got = exc
-        if got != expected:
+        if not same_result(got, expected):
             raise OffloadError(f"{label} at width {width} gave {got!r} in simulation, the "
                                f"CPU path {expected!r}: the gateware is wrong")
         cycles_per_byte[width] = result.active_cycles / max(size, 1)
@@ -295,7 +295,7 @@ def _through_link(device, spec: KernelSpec, op: str, calls: list[tuple]
             got.append(exc)
     seconds = time.perf_counter() - start
     after = device.backend.counters()
-    if got != expected:
+    if not same_result(got, expected):
         raise OffloadError(f"{spec.name}.{op} on {device.spec} disagrees with the CPU path")
     delta = {k: after.get(k, 0) - before.get(k, 0)
              for k in ("wire_bytes_out", "wire_bytes_in", "payload_bytes_out",

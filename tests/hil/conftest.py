@@ -18,6 +18,13 @@ def device_spec(config) -> str:
 
 
 def open_device(config, **kwargs):
+    """The device under test. A virtual board is built with every registered kernel (those a
+    device does not have by default, such as protobuf for its default schema, too); a real
+    board has what it was built with."""
+    if config.getoption("--device") == "sim":
+        from offload import kernels
+
+        kwargs.setdefault("kernels", [spec.name for spec in kernels.KERNELS])
     try:
         return offload.open(device_spec(config), **kwargs)
     except ToolchainError as exc:

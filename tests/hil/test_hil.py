@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 import offload
 from hdl.link import protocol as p
 from offload import DeviceError, KernelError, kernels
+from offload.kernels import same_result
 from offload.link.codec import Frame, encode_frame
 
 from .conftest import device_spec, open_device
@@ -32,12 +33,16 @@ def test_manifest(device, pytestconfig):
     assert manifest.clock_hz > 0 and manifest.max_payload >= 64
     for spec in kernels.KERNELS:
         entry = manifest.kernel(spec.name)
-        assert entry is not None, f"{spec.name} missing from the manifest"
+        if entry is None:  # a real board built without it
+            continue
         assert (entry["id"], entry["version"]) == (spec.id, spec.version)
         # Every parameter is reported, each within the kernel's limits.
         assert entry["params"] == spec.resolve(entry["params"])
         assert set(entry["params"]) == set(spec.params)
-    assert device.gateware_kernels == {spec.name for spec in kernels.KERNELS}
+    on_board = {spec.name for spec in kernels.KERNELS if manifest.kernel(spec.name)}
+    assert device.gateware_kernels == on_board
+    if pytestconfig.getoption("--device") == "sim":  # built with every kernel
+        assert on_board == {spec.name for spec in kernels.KERNELS}
 
 
 def outcome(fn, *args, **kwargs):
@@ -56,6 +61,8 @@ def test_calls_match_the_cpu_path(device, name, op):
     """Every operation of every kernel, on hypothesis-chosen arguments (the kernel's own
     strategies), answers as the CPU path does, a KernelError included. A stateful kernel is
     compared with a CPU model that has seen the same calls since the same reset."""
+    if name not in device.gateware_kernels:
+        pytest.skip(f"{name} is not on this device (build it with --kernel {name})")
     spec = kernels.get(name)
     params = device.params(name)
     strategy = spec.strategies(params)[op]
@@ -66,7 +73,8 @@ def test_calls_match_the_cpu_path(device, name, op):
     @given(strategy)
     def check(args):
         expected = outcome(spec.run_on_model, model, spec.operation(op), params, args, {})
-        assert outcome(device.call, name, *args, op=op) == expected
+        got = outcome(device.call, name, *args, op=op)
+        assert same_result(got, expected), (got, expected)
 
     before = device.stats()["kernels"].get(name, {})
     check()
