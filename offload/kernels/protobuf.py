@@ -411,6 +411,67 @@ def batch_size(answer: int) -> int:
 
 # -- the CPU path --------------------------------------------------------------------------------
 
+def _read_varint(body: bytes, p: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = body[p]
+        p += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, p
+
+
+def _float_places(table: Table, body: bytes) -> dict[int, int]:
+    """Where each float value of a good message ``body`` is: its record offset to its byte in
+    ``body``, the last value of a field sent more than once, each value of a repeated field at
+    its place in ``items``.
+
+    Python reads a float field as a double, which sets a signalling NaN's quiet bit; the
+    kernel keeps a value's bits as they came, and so does the CPU path, through these places.
+    """
+    children: dict[int, dict[int, int]] = {}
+    for i, f in enumerate(table.fields):
+        children.setdefault(f.parent, {})[f.number] = i
+    counts: dict[int, int] = {}
+    places: dict[int, int] = {}
+
+    def walk(p: int, lim: int, parent: int) -> None:
+        while p < lim:
+            tag, p = _read_varint(body, p)
+            index = children.get(parent, {}).get(tag >> 3)
+            wire = tag & 7
+            f = table.fields[index] if index is not None else None
+            if wire == 0:
+                _, p = _read_varint(body, p)
+                continue
+            if wire in (1, 5):
+                if f is not None and f.type == 2:
+                    place(index, p)
+                p += 8 if wire == 1 else 4
+                continue
+            size, p = _read_varint(body, p)
+            if f is not None and f.is_message:
+                walk(p, p + size, index)
+            elif f is not None and f.type == 2 and f.repeated:
+                for q in range(p, p + size, 4):
+                    place(index, q)
+            p += size
+
+    def place(index: int, at: int) -> None:
+        f = table.fields[index]
+        if f.repeated:
+            k = counts.get(index, 0)
+            counts[index] = k + 1
+            places[f.offset + 2 + 4 * k] = at
+        else:
+            places[f.offset] = at
+
+    if any(f.type == 2 for f in table.fields):
+        walk(0, len(body), -1)
+    return places
+
+
 @functools.lru_cache(maxsize=64)
 def _built(schema: str, max_bytes: int, max_repeat: int) -> tuple[Schema, Table, np.dtype]:
     found = lookup(schema)
@@ -450,17 +511,23 @@ class ProtobufModel:
             return Response(b"")
         schema, table, dtype = _resolve(self.params)
         limits = table.max_bytes, table.max_repeat
+        size = table.record_size
         if op == "decode":
             bodies, problem = _decode_bodies(table, bytes(request))
             messages = [schema.message_class.FromString(body) for body in bodies]
-            records = schema.to_records(messages, *limits)
-            return Response(records.tobytes(), error=problem is not None)
+            records = bytearray(schema.to_records(messages, *limits).tobytes())
+            for n, body in enumerate(bodies):  # floats' bits as they came
+                for offset, at in _float_places(table, body).items():
+                    records[n * size + offset:n * size + offset + 4] = body[at:at + 4]
+            return Response(bytes(records), error=problem is not None)
         good, problem = scan_encode(table, request)
-        size = table.record_size
-        records = np.frombuffer(bytes(request[:good * size]), dtype)
+        raw = bytes(request[:good * size])
+        records = np.frombuffer(raw, dtype)
         out = bytearray()
-        for message in schema.to_messages(records, *limits):
-            body = message.SerializeToString()
+        for n, message in enumerate(schema.to_messages(records, *limits)):
+            body = bytearray(message.SerializeToString())
+            for offset, at in _float_places(table, body).items():  # the record's float bits
+                body[at:at + 4] = raw[n * size + offset:n * size + offset + 4]
             out += varint(len(body)) + body
         return Response(bytes(out), error=problem is not None)
 
