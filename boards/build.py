@@ -292,6 +292,16 @@ def _tool_versions(family: str) -> dict[str, str]:
     return versions
 
 
+def _over_capacity(log: str) -> str:
+    """The cells nextpnr's utilisation report says a design has more of than the device, as
+    ``"5785 of 5280 ICESTORM_LC (109%)"``; empty if none."""
+    over = []
+    for cell, used, available in re.findall(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)", log):
+        if int(used) > int(available) > 0:
+            over.append(f"{used} of {available} {cell} ({100 * int(used) // int(available)}%)")
+    return ", ".join(dict.fromkeys(over))
+
+
 def _tail(path: Path | None, extra: str = "") -> str:
     text = path.read_text(errors="replace") if path is not None and path.exists() else ""
     lines = (text + "\n" + extra).strip().splitlines()
@@ -408,6 +418,10 @@ def build(
         if result.returncode != 0:
             log = {"yosys": logs["synth"], f"nextpnr-{board.family}": logs["pnr"]}.get(tool)
             tail = _tail(work / log if log else None, result.stdout + result.stderr)
+            over = _over_capacity(result.stdout + result.stderr)
+            if over:
+                raise BuildError(f"{name!r} does not fit {board.name}: {over}; build it with "
+                                 f"fewer kernels or smaller parameters ({work}):\n{tail}")
             raise BuildError(
                 f"{tool} failed (exit status {result.returncode}) building {name!r} for "
                 f"{board.name} in {work}:\n{tail}"

@@ -19,6 +19,7 @@ from boards import (
     get_board,
 )
 from boards.build import (
+    _over_capacity,
     constrained_platform,
     critical_path_sources,
     parse_critical_path,
@@ -197,6 +198,16 @@ def test_parse_utilisation():
     assert ecp5["TRELLIS_FF"] == (652, 83640)
     assert ecp5["TRELLIS_COMB"] == (1227, 83640)
     assert ecp5["DP16KD"] == (0, 208)
+
+
+def test_a_design_over_the_device_is_named_with_what_overflows():
+    log = ("Info: Device utilisation:\n"
+           "Info:            ICESTORM_LC:    5785/   5280   109%\n"
+           "Info:           ICESTORM_RAM:      28/     30    93%\n"
+           "Info:                  SB_GB:       8/      8   100%\n"
+           "ERROR: Failed to expand region (0, 0) |_> (25, 31) of 5785 ICESTORM_LCs\n")
+    assert _over_capacity(log) == "5785 of 5280 ICESTORM_LC (109%)"
+    assert _over_capacity(log.replace("5785/", "4266/")) == ""
 
 
 def test_parse_critical_path():
