@@ -745,12 +745,16 @@ def test_workload_and_strategies():
 
 
 def test_the_gateware_is_built_from_the_schemas_table():
+    from amaranth.hdl import Fragment
+
     kernel = SPEC.component(schema="blob", max_bytes=5, max_repeat=2)
     assert kernel.table == BLOB.table(5, 2)
     assert kernel.operations == tuple(op.name for op in SPEC.operations)
     # The proof's schema is small enough for the bounded check to see responses end.
     proof = SPEC.component(**SPEC.proof_params)
     assert proof.contract_bounds["depth"] < 100
+    for component in (kernel, proof):  # it elaborates (and is not left unused)
+        Fragment.get(component, None)
 
 
 def _schema_with_floats():
