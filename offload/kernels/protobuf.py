@@ -55,7 +55,7 @@ from ._bytes import as_bytes
 from .protobuf_schema import Schema, convert_param, lookup
 
 __all__ = ["SPEC", "ProtobufModel", "scan_decode", "scan_encode", "encoded_bound",
-           "batch_size", "gateware", "varint"]
+           "batch_size", "gateware", "varint", "read_varint"]
 
 _WIRE_NAMES = {0: "varint", 1: "i64", 2: "len", 3: "a group start", 4: "a group end",
                5: "i32", 6: "none", 7: "none"}
@@ -411,7 +411,8 @@ def batch_size(answer: int) -> int:
 
 # -- the CPU path --------------------------------------------------------------------------------
 
-def _read_varint(body: bytes, p: int) -> tuple[int, int]:
+def read_varint(body: bytes, p: int) -> tuple[int, int]:
+    """The varint at ``p`` of well-formed ``body``, and where it ends."""
     value = shift = 0
     while True:
         b = body[p]
@@ -438,19 +439,19 @@ def _float_places(table: Table, body: bytes) -> dict[int, int]:
 
     def walk(p: int, lim: int, parent: int) -> None:
         while p < lim:
-            tag, p = _read_varint(body, p)
+            tag, p = read_varint(body, p)
             index = children.get(parent, {}).get(tag >> 3)
             wire = tag & 7
             f = table.fields[index] if index is not None else None
             if wire == 0:
-                _, p = _read_varint(body, p)
+                _, p = read_varint(body, p)
                 continue
             if wire in (1, 5):
                 if f is not None and f.type == 2:
                     place(index, p)
                 p += 8 if wire == 1 else 4
                 continue
-            size, p = _read_varint(body, p)
+            size, p = read_varint(body, p)
             if f is not None and f.is_message:
                 walk(p, p + size, index)
             elif f is not None and f.type == 2 and f.repeated:

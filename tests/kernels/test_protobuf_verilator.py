@@ -53,7 +53,7 @@ from hdl.kernels.protobuf import ProtobufKernel
 from hdl.kernels.protobuf_table import MAX_FIELD_NUMBER, MAX_MESSAGE, Table
 from hdl.stream import byte_stream
 from offload.kernels import protobuf_schema
-from offload.kernels.protobuf import ProtobufModel
+from offload.kernels.protobuf import ProtobufModel, read_varint
 from sim import toolchain
 from sim.toolchain import ToolchainError
 
@@ -109,31 +109,22 @@ def delimited(body: bytes, size: int = 0) -> bytes:
 def parse(body: bytes) -> list[tuple[int, int, int | bytes]]:
     """A well-formed message's fields: ``(number, wire type, value)``, the value an int for a
     varint, the raw bytes otherwise."""
+    return [(number, wire, value) for number, wire, value, _ in _fields(body)]
+
+
+def _fields(body: bytes) -> list[tuple[int, int, int | bytes, bytes]]:
+    # (number, wire type, value, the field's raw bytes) of each field of ``body``, in order.
     out, p = [], 0
-
-    def read_varint() -> int:
-        nonlocal p
-        value = shift = 0
-        while True:
-            b = body[p]
-            p += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return value
-
     while p < len(body):
-        key = read_varint()
+        start = p
+        key, p = read_varint(body, p)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value: int | bytes = read_varint()
-        elif wire == 2:
-            size = read_varint()
-            value, p = body[p:p + size], p + size
+            value, p = read_varint(body, p)
         else:
-            size = 8 if wire == 1 else 4
+            size, p = read_varint(body, p) if wire == 2 else (8 if wire == 1 else 4, p)
             value, p = body[p:p + size], p + size
-        out.append((number, wire, value))
+        out.append((number, wire, value, body[start:p]))
     return out
 
 
@@ -350,31 +341,7 @@ class Reshaper:
 
 def _top_fields(body: bytes) -> list[bytes]:
     """A well-formed message's fields as their raw bytes, in order."""
-    out, p = [], 0
-
-    def skip_varint() -> int:
-        nonlocal p
-        value = shift = 0
-        while True:
-            b = body[p]
-            p += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return value
-
-    while p < len(body):
-        start = p
-        wire = skip_varint() & 7
-        if wire == 0:
-            skip_varint()
-        elif wire == 2:
-            size = skip_varint()  # (not `p += skip_varint()`: that adds to the old p)
-            p += size
-        else:
-            p += 8 if wire == 1 else 4
-        out.append(body[start:p])
-    return out
+    return [raw for _, _, _, raw in _fields(body)]
 
 
 # -- the requests, and what the model and the protobuf package answer ---------------------------
