@@ -80,6 +80,37 @@ def test_bench_json_rows(verilator, tmp_path):
         assert row["source"] == "measured" and row["unit"] == "cycles/s" and row["value"] > 0
 
 
+def test_bench_protobuf_rows(verilator, tmp_path):
+    """The protobuf bench: upb's figures and the kernel's per message, each derived row equal
+    to its formula."""
+    pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
+    out = tmp_path / "bench.json"
+    result = run("bench", "--kernel", "protobuf", "--size", "16384", "--board", "ulx3s-85f",
+                 "--json", str(out))
+    assert result.exit_code == 0, result.output
+    rows = {row["what"]: row for row in json.loads(out.read_text())["rows"]}
+    for what, unit in (("SerializeToString on this CPU", "messages/s"),
+                       ("SerializeToString on this CPU, wire bytes", "MB/s"),
+                       ("FromString on this CPU", "messages/s"),
+                       ("FromString on this CPU, wire bytes", "MB/s"),
+                       ("gateware cycles per message, 1 B/cycle", "cycles"),
+                       ("fmax on ulx3s-85f, 1 B/cycle", "MHz")):
+        assert rows[what]["source"] == "measured" and rows[what]["unit"] == unit
+        assert rows[what]["value"] > 0
+    cycles = rows["gateware cycles per message, 1 B/cycle"]["value"]
+    fmax = rows["fmax on ulx3s-85f, 1 B/cycle"]["value"]
+    at_fmax = rows["messages per second on ulx3s-85f at fmax"]
+    assert at_fmax["source"] == "derived"
+    assert at_fmax["value"] == pytest.approx(fmax * 1e6 / cycles)
+    assert rows["messages per second on ulx3s-85f at its 25 MHz clock"]["value"] == \
+        pytest.approx(25e6 / cycles)
+    ratio = rows["upb SerializeToString / kernel on ulx3s-85f at fmax"]
+    assert ratio["source"] == "derived" and ratio["value"] == pytest.approx(
+        rows["SerializeToString on this CPU"]["value"] / at_fmax["value"])
+    link = rows["messages per second through the ulx3s-85f link"]
+    assert link["source"] == "derived" and 0 < link["value"] < 1e6 / 10
+
+
 def test_serve_runs_a_virtual_board_that_a_device_url_reaches(verilator):
     import re
     import subprocess
