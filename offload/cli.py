@@ -225,14 +225,19 @@ def ping_cmd(device_spec: str, baud: int | None) -> None:
               type=click.Choice(_board_names()), help="Board whose gateware to run.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="TCP port on 127.0.0.1 (0: any free port).")
-def serve_cmd(board: str, port: int) -> None:
+@click.option("--kernel", "kernel_args", multiple=True, type=KernelArg(),
+              help="Kernel on the virtual board, with parameters as NAME:key=value,... "
+                   "(repeat for several; default: every kernel a device has by default).")
+def serve_cmd(board: str, port: int, kernel_args: tuple[tuple[str, dict], ...]) -> None:
     """Run a virtual board: the board's gateware in Verilator, its link on a TCP port."""
     from .gateware import device_design
 
     if port:
         _check_port_free(port)  # before building the virtual board, which can take minutes
+    kernel_names = [name for name, _ in kernel_args] or None
+    params = {name: values for name, values in kernel_args if values}
     with console.status(f"building the {board} virtual board (cached after the first run)"):
-        vboard = device_design(board).virtual_board(port=port)
+        vboard = device_design(board, kernel_names, params=params).virtual_board(port=port)
     vboard.start()
     console.print(f"virtual {board} serving on [bold]{vboard.url}[/]; "
                   f"use offload.open('{vboard.url}'). Ctrl-C stops it.")

@@ -1,5 +1,6 @@
 """The offload command: its lists, its errors, and the bench's JSON record."""
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -111,14 +112,15 @@ def test_bench_protobuf_rows(verilator, tmp_path):
     assert link["source"] == "derived" and 0 < link["value"] < 1e6 / 10
 
 
-def test_serve_runs_a_virtual_board_that_a_device_url_reaches(verilator):
+@contextlib.contextmanager
+def _served(*args):
+    """``offload serve`` with ``args`` in a process of its own, for a ``with``: the URL it
+    serves."""
     import re
     import subprocess
     import sys
 
-    import offload
-
-    command = [sys.executable, "-m", "offload.cli", "serve", "--board", "icebreaker"]
+    command = [sys.executable, "-m", "offload.cli", "serve", *args]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     try:
@@ -129,12 +131,33 @@ def test_serve_runs_a_virtual_board_that_a_device_url_reaches(verilator):
                 url = found.group(0)
                 break
         assert url, "offload serve never said where it serves"
-        with offload.open(url, fallback="never") as dev:
-            assert dev.backend.manifest.board == "icebreaker"
-            assert dev.crc32c(b"123456789") == 0xE3069283
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_serve_runs_a_virtual_board_that_a_device_url_reaches(verilator):
+    import offload
+
+    with _served("--board", "icebreaker") as url:
+        with offload.open(url, fallback="never") as dev:
+            assert dev.backend.manifest.board == "icebreaker"
+            assert dev.crc32c(b"123456789") == 0xE3069283
+            assert "protobuf" not in dev.gateware_kernels  # not in a device by default
+
+
+def test_serve_a_virtual_board_with_the_kernels_named(verilator):
+    import offload
+    from offload.kernels import protobuf_schema
+
+    blob = protobuf_schema.load("blob").message_class
+    with _served("--board", "icebreaker", "--kernel",
+                 "protobuf:schema=blob,max_bytes=6,max_repeat=3") as url:
+        with offload.open(url, fallback="never", params={"protobuf": {"schema": "blob"}}) as dev:
+            assert dev.gateware_kernels == {"protobuf"}
+            message = blob(key="k", seq=300)
+            assert dev.protobuf.encode([message]) == [message.SerializeToString()]
 
 
 def test_cache_lists_and_clears(tmp_path, monkeypatch):
