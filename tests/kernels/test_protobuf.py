@@ -39,6 +39,7 @@ from offload.kernels.protobuf import (
 from offload.kernels.protobuf_schema import load, messages, schemas
 
 DecodeError = pytest.importorskip("google.protobuf.message").DecodeError
+FD = pytest.importorskip("google.protobuf.descriptor_pb2").FieldDescriptorProto
 
 SMALL = load("small")
 BLOB = load("blob")
@@ -466,17 +467,28 @@ def test_packed_fixed_run_ending_inside_a_value():
     assert scan_decode(table, ld(tag(1, 2) + ld(bytes(8)) + tag(1, 5) + bytes(4))) == (1, None)
 
 
-def _schema_with_repeated_fixed():
+def _schema(package: str, messages: dict, top: str):
+    """A schema made from descriptor protos: ``messages`` maps each message's name to its
+    fields, ``(name, number, type, repeated)`` or with a message field's type name after."""
     from google.protobuf import descriptor_pb2
 
     from offload.kernels.protobuf_schema import schema_from_file_proto
 
     f = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(name="fixedrun.proto", package="fixedrun",
+    file = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package,
                                               syntax="proto3")
-    msg = file.message_type.add(name="M")
-    msg.field.add(name="v", number=1, type=f.TYPE_FIXED32, label=f.LABEL_REPEATED)
-    return schema_from_file_proto([file], "fixedrun.M")
+    for name, fields in messages.items():
+        msg = file.message_type.add(name=name)
+        for field_name, number, kind, repeated, *type_name in fields:
+            field = msg.field.add(name=field_name, number=number, type=kind,
+                                  label=f.LABEL_REPEATED if repeated else f.LABEL_OPTIONAL)
+            if type_name:
+                field.type_name = type_name[0]
+    return schema_from_file_proto([file], f"{package}.{top}")
+
+
+def _schema_with_repeated_fixed():
+    return _schema("fixedrun", {"M": [("v", 1, FD.TYPE_FIXED32, True)]}, "M")
 
 
 @pytest.mark.parametrize("request_, text", [
@@ -758,21 +770,9 @@ def test_the_gateware_is_built_from_the_schemas_table():
 
 
 def _schema_with_floats():
-    from google.protobuf import descriptor_pb2
-
-    from offload.kernels.protobuf_schema import schema_from_file_proto
-
-    f = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(name="floats.proto", package="floats",
-                                              syntax="proto3")
-    sub = file.message_type.add(name="Sub")
-    sub.field.add(name="c", number=1, type=f.TYPE_FLOAT, label=f.LABEL_OPTIONAL)
-    msg = file.message_type.add(name="M")
-    msg.field.add(name="a", number=1, type=f.TYPE_FLOAT, label=f.LABEL_OPTIONAL)
-    msg.field.add(name="b", number=2, type=f.TYPE_FLOAT, label=f.LABEL_REPEATED)
-    msg.field.add(name="s", number=3, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
-                  type_name=".floats.Sub")
-    return schema_from_file_proto([file], "floats.M")
+    return _schema("floats", {"Sub": [("c", 1, FD.TYPE_FLOAT, False)],
+                              "M": [("a", 1, FD.TYPE_FLOAT, False), ("b", 2, FD.TYPE_FLOAT, True),
+                                    ("s", 3, FD.TYPE_MESSAGE, False, ".floats.Sub")]}, "M")
 
 
 FLOATS = _schema_with_floats()
