@@ -98,6 +98,29 @@ def _steps(progress: Progress | None, label: str):
     return step
 
 
+def print_kernels(device, alone, console: Console) -> None:
+    """Each kernel of ``device`` built alone between the pins (``(name, report)`` pairs): its
+    own fmax and resources, and the share of the device's resources it takes."""
+    table = Table(title="each kernel alone (between the pins, without the link)",
+                  title_justify="left")
+    for column in ("kernel", "fmax MHz", "its resources alone (used / on the chip)"):
+        table.add_column(column, justify="right" if column == "fmax MHz" else "left")
+    for name, report in alone:
+        cells = ", ".join(f"{cell} {used}/{available}"
+                          for cell, (used, available) in sorted(report.resources.items())
+                          if used and cell in device.resources and cell not in _PADS)
+        table.add_row(name, f"{report.fmax_mhz:.1f}", cells)
+    console.print(table)
+    free = ", ".join(f"{cell} {available - used}"
+                     for cell, (used, available) in sorted(device.resources.items())
+                     if used and cell not in _PADS)
+    console.print(f"  room left in the device: {free}")
+
+
+# I/O cells and global resources a kernel alone uses for its pins, not for its logic.
+_PADS = {"SB_IO", "TRELLIS_IO", "SB_GB", "DCCA", "GSR"}
+
+
 def print_report(report, console: Console) -> None:
     """The build report as a person reads it: fmax against the clocks, resources, files."""
     verdict = "[green]meets[/]" if report.meets_board_clock else "[red]misses[/]"

