@@ -257,11 +257,47 @@ class _Decoder(wiring.Component):
             m.d.sync += [state.eq(WRITE), wdata.eq(data), waddr.eq(addr), wn.eq(n),
                          wnext.eq(then)]
 
-        ctx = dict(fail=fail, varint=varint, state=state, fn=fn, waddr=waddr, iaddr=iaddr,
-                   f_idx=f_idx, f_off=f_off, f_size=f_size, f_conv=f_conv, f_rep=f_rep,
-                   f_fixed=f_fixed, f_r=f_r, f_cnt=f_cnt, f_utf8=f_utf8, f_lmode=f_lmode,
-                   counts=counts, reps=reps, FIX=FIX, VALUE=VALUE, LENGTH=LENGTH,
-                   L_STRING=L_STRING, L_MESSAGE=L_MESSAGE, L_PACKED=L_PACKED)
+        def dispatch(k, f, wt):
+            """The dispatch of a tag that names field ``k`` of the current message."""
+            m.d.sync += [f_idx.eq(k), f_off.eq(f.offset), f_rep.eq(f.repeated),
+                         f_utf8.eq(f.type == 9)]
+            if f.is_message or f.is_bytes:
+                with m.If(wt == WIRE_LEN):
+                    m.d.sync += f_lmode.eq(L_MESSAGE if f.is_message else L_STRING)
+                    varint(LENGTH)
+                with m.Else():
+                    fail()
+                return
+            n = f.scalar_size
+            fixed = f.wire_type != WIRE_VARINT
+            m.d.sync += [f_size.eq(n), f_conv.eq(_conversion(f)), f_fixed.eq(fixed)]
+            if f.repeated:
+                count = counts[reps.index(k)]
+                item = f.offset + 2 + (count << _log2(n))
+                m.d.sync += [f_r.eq(reps.index(k)), f_cnt.eq(count), iaddr.eq(item)]
+                with m.If(wt == WIRE_LEN):
+                    m.d.sync += f_lmode.eq(L_PACKED)
+                    varint(LENGTH)
+                with m.Elif((wt == f.wire_type) & (count == t.max_repeat)):
+                    fail()
+                with m.Elif(wt == f.wire_type):
+                    value(fixed, n, item)
+                with m.Else():
+                    fail()
+            else:
+                with m.If(wt == f.wire_type):
+                    value(fixed, n, f.offset)
+                with m.Else():
+                    fail()
+
+        def value(fixed, n, addr):
+            if not fixed:
+                varint(VALUE)
+                return
+            with m.If(rem < n):
+                fail()
+            with m.Else():
+                m.d.sync += [state.eq(FIX), fn.eq(n), waddr.eq(addr)]
 
         with m.Switch(state):
             with m.Case(VAR):
@@ -326,7 +362,7 @@ class _Decoder(wiring.Component):
                                         m.d.sync += [state.eq(SKIPN), fn.eq(n)]
                         for k, (f, match) in enumerate(zip(fields, matches, strict=True)):
                             with m.Elif(match):
-                                self._field(m, k, f, wt, rem, ctx)
+                                dispatch(k, f, wt)
                     with m.Case(VALUE):
                         conv = Signal(64)
                         with m.Switch(f_conv):
@@ -487,49 +523,6 @@ class _Decoder(wiring.Component):
         ]
         return m
 
-    def _field(self, m, k, f, wt, rem, v):
-        """The dispatch of a tag that names field ``k`` of the current message."""
-        sync = m.d.sync
-        sync += [v["f_idx"].eq(k), v["f_off"].eq(f.offset), v["f_rep"].eq(f.repeated),
-                 v["f_utf8"].eq(f.type == 9)]
-        if f.is_message or f.is_bytes:
-            with m.If(wt == WIRE_LEN):
-                sync += v["f_lmode"].eq(v["L_MESSAGE"] if f.is_message else v["L_STRING"])
-                v["varint"](v["LENGTH"])
-            with m.Else():
-                v["fail"]()
-            return
-        n = f.scalar_size
-        fixed = f.wire_type != WIRE_VARINT
-        sync += [v["f_size"].eq(n), v["f_conv"].eq(_conversion(f)), v["f_fixed"].eq(fixed)]
-        if f.repeated:
-            count = v["counts"][v["reps"].index(k)]
-            item = f.offset + 2 + (count << _log2(n))
-            sync += [v["f_r"].eq(v["reps"].index(k)), v["f_cnt"].eq(count), v["iaddr"].eq(item)]
-            with m.If(wt == WIRE_LEN):
-                sync += v["f_lmode"].eq(v["L_PACKED"])
-                v["varint"](v["LENGTH"])
-            with m.Elif((wt == f.wire_type) & (count == self.table.max_repeat)):
-                v["fail"]()
-            with m.Elif(wt == f.wire_type):
-                self._value(m, fixed, n, item, rem, v)
-            with m.Else():
-                v["fail"]()
-        else:
-            with m.If(wt == f.wire_type):
-                self._value(m, fixed, n, f.offset, rem, v)
-            with m.Else():
-                v["fail"]()
-
-    def _value(self, m, fixed, n, addr, rem, v):
-        if not fixed:
-            v["varint"](v["VALUE"])
-            return
-        with m.If(rem < n):
-            v["fail"]()
-        with m.Else():
-            m.d.sync += [v["state"].eq(v["FIX"]), v["fn"].eq(n), v["waddr"].eq(addr)]
-
 
 class _Encoder(wiring.Component):
     """Records in, a length-delimited message per record out (see the module doc).
@@ -643,6 +636,37 @@ class _Encoder(wiring.Component):
             with m.Default():
                 m.d.comb += conv.eq(v)
 
+        def step(n, f):
+            """Field ``n`` of the walk: its marks, then its value if it is to be written."""
+            # Every message whose last field this is: its contents end where the pointer is now.
+            for mk in messages:
+                if fields[mk].end - 1 == n:
+                    m.d.sync += mark[mk].eq(wptr)
+            m.d.sync += [e_off.eq(f.offset), e_utf8.eq(f.type == 9), e_tag.eq(_tag(f))]
+            if not f.is_message and not f.is_bytes:
+                m.d.sync += [e_conv.eq(_conversion(f)), e_size.eq(f.scalar_size),
+                             e_fixed.eq(f.wire_type != WIRE_VARINT)]
+
+            def read(addr, nbytes, then):
+                m.d.sync += [state.eq(READ), raddr.eq(addr), rn.eq(0), v.eq(0),
+                             rret.eq(then), rsize.eq(nbytes)]
+
+            with m.If(~active(n)):
+                m.d.sync += state.eq(NEXT)
+            with m.Else():
+                if f.is_message:
+                    with m.If(present[n]):
+                        length = 0 if f.end - 1 == n else mark[n] - wptr
+                        m.d.sync += [state.eq(BWV0), bx.eq(length), bret.eq(TAGW)]
+                    with m.Else():
+                        m.d.sync += state.eq(NEXT)
+                elif f.is_bytes:
+                    read(f.offset + 1, 2, STRLEN)
+                elif f.repeated:
+                    read(f.offset + 1, 2, REPCOUNT)
+                else:
+                    read(f.offset + f.scalar_size - 1, f.scalar_size, SCALAR)
+
         with m.Switch(state):
             with m.Case(LOAD):
                 with m.If(final):
@@ -661,7 +685,7 @@ class _Encoder(wiring.Component):
                 with m.Switch(wi):
                     for n, f in enumerate(fields):
                         with m.Case(n):
-                            self._step(m, n, f, locals())
+                            step(n, f)
 
             with m.Case(READ):  # e_size bytes, from the highest address down
                 m.d.sync += [raddr.eq(raddr - 1), rn.eq(rn + 1)]
@@ -790,40 +814,6 @@ class _Encoder(wiring.Component):
             o.payload.error.eq((state == END) & bad),
         ]
         return m
-
-    def _step(self, m, n, f, v):
-        """Field ``n`` of the walk: its marks, then its value if it is to be written."""
-        sync, fields = m.d.sync, self.table.fields
-        # Every message whose last field this is: its contents end where the pointer is now.
-        for mk in v["messages"]:
-            if fields[mk].end - 1 == n:
-                sync += v["mark"][mk].eq(v["wptr"])
-        sync += [v["e_off"].eq(f.offset), v["e_utf8"].eq(f.type == 9),
-                 v["e_tag"].eq(_tag(f))]
-        if not f.is_message and not f.is_bytes:
-            sync += [v["e_conv"].eq(_conversion(f)), v["e_size"].eq(f.scalar_size),
-                     v["e_fixed"].eq(f.wire_type != WIRE_VARINT)]
-        state = v["state"]
-
-        def read(addr, nbytes, then):
-            m.d.sync += [state.eq(v["READ"]), v["raddr"].eq(addr), v["rn"].eq(0),
-                         v["v"].eq(0), v["rret"].eq(then), v["rsize"].eq(nbytes)]
-
-        with m.If(~v["active"](n)):
-            sync += state.eq(v["NEXT"])
-        with m.Else():
-            if f.is_message:
-                with m.If(v["present"][n]):
-                    length = 0 if f.end - 1 == n else v["mark"][n] - v["wptr"]
-                    sync += [state.eq(v["BWV0"]), v["bx"].eq(length), v["bret"].eq(v["TAGW"])]
-                with m.Else():
-                    sync += state.eq(v["NEXT"])
-            elif f.is_bytes:
-                read(f.offset + 1, 2, v["STRLEN"])
-            elif f.repeated:
-                read(f.offset + 1, 2, v["REPCOUNT"])
-            else:
-                read(f.offset + f.scalar_size - 1, f.scalar_size, v["SCALAR"])
 
 
 class ProtobufKernel(wiring.Component):
