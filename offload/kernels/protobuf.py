@@ -358,37 +358,16 @@ def scan_encode(table: Table, request: bytes) -> tuple[int, str | None]:
 
 # -- limits of the answers -----------------------------------------------------------------------
 
-# The most bytes one value of a scalar type takes on the wire, by FieldDescriptor.TYPE_*:
-# int32 and enum are sign-extended to 64 bits, so a negative one is 10 bytes.
-_WIRE_SIZE = {1: 8, 2: 4, 3: 10, 4: 10, 5: 10, 6: 8, 7: 4, 8: 1, 13: 5, 14: 10, 15: 4, 16: 8,
-              17: 5, 18: 10}
-
-
-def _encoded_fields(table: Table, parent: int) -> int:
-    total = 0
-    for i in table.children(parent):
-        f = table.fields[i]
-        tag = len(varint(f.number << 3))
-        if f.is_message:
-            body = _encoded_fields(table, i)
-        elif f.is_bytes:
-            body = table.max_bytes
-        elif f.repeated:
-            body = table.max_repeat * _WIRE_SIZE[f.type]
-        else:
-            total += tag + _WIRE_SIZE[f.type]
-            continue
-        total += tag + len(varint(body)) + body
-    return total
-
 
 @functools.lru_cache(maxsize=64)
 def encoded_bound(table: Table) -> int:
     """The most bytes the kernel answers one record with: its message with every field at
     its longest (negative int32s, full strings and repeated fields, every message present),
-    and the message's length prefix."""
-    body = _encoded_fields(table, -1)
-    return len(varint(body)) + body
+    and the message's length prefix; the gateware's output buffer is sized from the same."""
+    from hdl.kernels.protobuf import max_encoded, varint_len
+
+    body = max_encoded(table)
+    return varint_len(body) + body
 
 
 def batch_size(answer: int) -> int:
@@ -431,9 +410,7 @@ def _float_places(table: Table, body: bytes) -> dict[int, int]:
     Python reads a float field as a double, which sets a signalling NaN's quiet bit; the
     kernel keeps a value's bits as they came, and so does the CPU path, through these places.
     """
-    children: dict[int, dict[int, int]] = {}
-    for i, f in enumerate(table.fields):
-        children.setdefault(f.parent, {})[f.number] = i
+    children = _layout(table).by_number
     counts: dict[int, int] = {}
     places: dict[int, int] = {}
 
