@@ -49,12 +49,18 @@ class _Connection:
         self.threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def close(self) -> bool:
-        """Close both sockets (once); True if this call closed them."""
+    def close(self, first=None) -> bool:
+        """Close both sockets (once); True if this call closed them.
+
+        ``first`` runs before the sockets close, and only if this call closes them: a count
+        kept there is in place before either end can see the connection end.
+        """
         with self._lock:
             if self.closed.is_set():
                 return False
             self.closed.set()
+        if first is not None:
+            first()
         for sock in (self.up, self.down):  # upstream first: the board sees the host leave
             try:
                 sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv on it
@@ -141,9 +147,12 @@ class FaultProxy:
         """Close both sockets of the current connection now (nothing happens without one)."""
         with self._lock:
             connection = self._connection
-        if connection is not None and connection.close():
-            with self._lock:
-                self._counts["cuts"] += 1
+        if connection is not None:
+            connection.close(first=self._count_cut)
+
+    def _count_cut(self) -> None:
+        with self._lock:
+            self._counts["cuts"] += 1
 
     def cut_after(self, n_bytes: int, direction: str) -> None:
         """Cut the connection once ``n_bytes`` more bytes have been passed on in ``direction``.
@@ -245,9 +254,8 @@ class FaultProxy:
                         data = data[dst.send(data):]
                     except TimeoutError:
                         continue  # the receiver is not reading; keep trying until closed
-                if cut and connection.close():
-                    with self._lock:
-                        self._counts["cuts"] += 1
+                if cut:
+                    connection.close(first=self._count_cut)
         except OSError:
             pass  # a socket was reset or closed under us: the connection is over
         finally:
