@@ -56,7 +56,11 @@ from amaranth.lib.wiring import In, Out
 from ..stream import byte_stream, request_stream
 from .protobuf_table import MAX_MESSAGE, WIRE_I64, WIRE_LEN, WIRE_VARINT, Field, Table
 
-__all__ = ["ProtobufKernel", "max_encoded", "varint_len"]
+__all__ = ["ProtobufKernel", "max_encoded", "varint_len", "WIDTHS"]
+
+#: Bytes a beat: 1, the byte-a-cycle engines (small enough for the iCE40 UP5K); 8, the wide
+#: encoder (:mod:`hdl.kernels.protobuf_wide`), a field a cycle, 8 bytes a cycle out.
+WIDTHS = (1, 8)
 
 _ENCODE, _DECODE = 0, 1
 
@@ -825,19 +829,37 @@ class ProtobufKernel(wiring.Component):
 
     Members
     -------
-    i_stream : ``In(request_stream(1))``
-    o_stream : ``Out(byte_stream(1))``
+    Parameters
+    ----------
+    table : Table
+    width : int
+        Bytes a beat, one of :data:`WIDTHS`: 1, the byte-a-cycle engines; 8, the wide encoder
+        (:class:`~hdl.kernels.protobuf_wide.WideEncoder`, a field a cycle) and the byte-a-cycle
+        decoder between an unpacker and a packer.
+
+    Members
+    -------
+    i_stream : ``In(request_stream(width))``
+    o_stream : ``Out(byte_stream(width))``
     """
 
     operations = ("encode", "decode")
-    width = 1
 
-    def __init__(self, table: Table):
+    def __init__(self, table: Table, width: int = 1):
+        from .protobuf_wide import NarrowDecoder, WideEncoder
+
         if table.record_size == 0:
             raise ValueError(f"{table.message} has no fields: its records would be empty")
+        if width not in WIDTHS:
+            raise ValueError(f"ProtobufKernel takes {WIDTHS} bytes a beat, not {width!r}")
         self.table = table
-        self.encoder = _Encoder(table)
-        self.decoder = _Decoder(table)
+        self.width = width
+        if width == 1:
+            self.encoder = _Encoder(table)
+            self.decoder = _Decoder(table)
+        else:
+            self.encoder = WideEncoder(table, width)
+            self.decoder = NarrowDecoder(_Decoder(table), width)
         latency = self._latency()
         self.contract_bounds = {"latency": latency, "depth": latency + 4}
         super().__init__({
@@ -875,7 +897,25 @@ class ProtobufKernel(wiring.Component):
         size = t.record_size
         writes = max(1 + 8 + 1 + 2, t.max_bytes)
         decode = writes + 1 + t.depth + 1 + max(1 + fairness * size + 1, 1 + size + 1) + 1
-        return max(encode, decode) + fairness + 2
+        if self.width == 1:
+            return max(encode, decode) + fairness + 2
+        # Wide: the last beat may leave up to 16 bytes of records in the encoder's gearbox
+        # (and 8 bytes of messages in the decoder's unpacker), each record a load, a walk (a
+        # cycle a field, a chunk a cycle of a string, an element a cycle of a repeated field),
+        # the prefix and the read-out; and the packer's last two beats.
+        w = self.width
+        walk = 0
+        for f in t.fields:
+            if f.is_bytes:
+                walk += 2 + -(-t.max_bytes // w)
+            elif f.repeated and not f.is_message:
+                walk += 2 + t.max_repeat
+            else:
+                walk += 1
+        record = 3 + walk + 3 + fairness * (-(-out // w) + 2)
+        encode = record * (2 * w // size + 2)
+        decode = decode * (w + 1)
+        return max(encode, decode) + 3 * fairness + 4
 
     def elaborate(self, platform):
         m = Module()
