@@ -844,6 +844,7 @@ class ProtobufKernel(wiring.Component):
     """
 
     operations = ("encode", "decode")
+    widths = WIDTHS
 
     def __init__(self, table: Table, width: int = 1):
         from .protobuf_wide import NarrowDecoder, WideEncoder

@@ -56,18 +56,24 @@ def document() -> dict:
 
 
 class ProtobufTB(TB):
-    """The shared testbench shape, on the kernel's request and byte streams (width 1)."""
+    """The shared testbench shape, on the kernel's request and byte streams (of the width the
+    requests' document names)."""
 
     def __init__(self, dut):
-        super().__init__(dut, request_layout(1), byte_layout(1), period_ns=CLOCK_NS, seed=SEED)
+        self.width = document().get("width", 1)
+        super().__init__(dut, request_layout(self.width), byte_layout(self.width),
+                         period_ns=CLOCK_NS, seed=SEED)
 
     def send(self, request: dict) -> None:
-        """Queue a request's beats: a byte a beat, the last with ``last``; or, for a ``tail``
-        request, every data beat without ``last`` and then an empty beat with it."""
-        data, op = bytes.fromhex(request["data"]), request["op"]
+        """Queue a request's beats: full beats, the last with ``last``; or, for a ``tail``
+        request, every data beat without ``last`` (the last of them may be partly filled) and
+        then an empty beat with it."""
+        data, op, w = bytes.fromhex(request["data"]), request["op"], self.width
         if request["tail"]:
-            for byte in data:
-                self.source.send_beat(data=byte, nbytes=1, last=0, op=op)
+            for at in range(0, len(data), w):
+                chunk = data[at:at + w]
+                self.source.send_beat(data=int.from_bytes(chunk, "little"), nbytes=len(chunk),
+                                      last=0, op=op)
             self.source.send_beat(data=0, nbytes=0, last=1, op=op)
         else:
             self.source.send(data, op=op)

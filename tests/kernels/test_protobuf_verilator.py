@@ -750,7 +750,7 @@ class Requests:
         return out
 
 
-def request_file(schema_name: str, path: str) -> str:
+def request_file(schema_name: str, path: str, width: int = 1) -> str:
     """Writes the testbench's requests for ``schema_name`` to ``path`` (JSON); returns it.
 
     ``runs`` has a list of requests for each idle/backpressure run of the testbench, each with
@@ -770,38 +770,40 @@ def request_file(schema_name: str, path: str) -> str:
         run.extend([made.good()] for _ in range(GOOD_PER_RUN))
         made.rng.shuffle(run)
     runs = [[request for group in run for request in group] for run in runs]
-    document = {"schema": schema_name, "max_bytes": mb, "max_repeat": mr, "runs": runs,
-                "mutations": made.mutations(MUTATIONS)}
+    document = {"schema": schema_name, "max_bytes": mb, "max_repeat": mr, "width": width,
+                "runs": runs, "mutations": made.mutations(MUTATIONS)}
     with open(path, "w") as f:
         json.dump(document, f)
     return path
 
 
-def kernel(schema_name: str) -> ProtobufKernel:
-    """The kernel for a builtin schema, built with its :data:`LIMITS`."""
+def kernel(schema_name: str, width: int = 1) -> ProtobufKernel:
+    """The kernel for a builtin schema, built with its :data:`LIMITS`, ``width`` bytes a beat."""
     mb, mr = LIMITS[schema_name]
-    return ProtobufKernel(protobuf_schema.load(schema_name).table(mb, mr))
+    return ProtobufKernel(protobuf_schema.load(schema_name).table(mb, mr), width)
 
 
 # -- the cocotb testbench ------------------------------------------------------------------------
 
 @pytest.mark.usefixtures("_verilator")
+@pytest.mark.parametrize("width", ProtobufKernel.widths)
 @pytest.mark.parametrize("schema_name", sorted(LIMITS))
-def test_cocotb(schema_name, tmp_path):
+def test_cocotb(schema_name, width, tmp_path):
     pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
     from sim.cocotb_runner import run_cocotb
 
-    path = request_file(schema_name, str(tmp_path / "requests.json"))
+    path = request_file(schema_name, str(tmp_path / "requests.json"), width)
     with open(path) as f:
         document = json.load(f)
     requests = sum(len(run) for run in document["runs"]) + len(document["mutations"])
     refused = sum(r["error"] for r in document["mutations"])
     result = run_cocotb(
-        functools.partial(kernel, schema_name), f"protobuf_{schema_name}", TESTBENCH,
+        functools.partial(kernel, schema_name, width), f"protobuf_{schema_name}_w{width}",
+        TESTBENCH,
         tmp_path, parameters={"requests": path}, timeout_s=300,
     )
     assert result.tests == COCOTB_TESTS and result.skipped == 0
-    print(f"cocotb {schema_name}: {requests} requests answered as the model does "
+    print(f"cocotb {schema_name} width {width}: {requests} requests answered as the model does "
           f"({refused} of {len(document['mutations'])} mutations refused); "
           f"{result.cycles_per_second(10):,.0f} cycles/s (wall clock)")
 
@@ -812,14 +814,16 @@ class OpFromFirstByte(wiring.Component):
     """The kernel behind a plain byte stream whose requests start with their opcode.
 
     The fast stream harness drives a byte stream's fields only, so ``op`` would always be 0;
-    this takes each request's first byte as its ``op`` (a request of that byte alone is the
-    empty request) and hands the rest to the kernel, so that one build measures both
-    operations. Taking the opcode byte costs a cycle a request.
+    this takes each request's first beat as its ``op`` (its first byte; the rest of the beat is
+    padding; a request of that beat alone is the empty request) and hands the rest to the
+    kernel, so that one build measures both operations. Taking the opcode beat costs a cycle a
+    request.
     """
 
-    def __init__(self, table: Table):
-        self.kernel = ProtobufKernel(table)
-        super().__init__({"i_stream": In(byte_stream(1)), "o_stream": Out(byte_stream(1))})
+    def __init__(self, table: Table, width: int = 1):
+        self.kernel = ProtobufKernel(table, width)
+        super().__init__({"i_stream": In(byte_stream(width)),
+                          "o_stream": Out(byte_stream(width))})
 
     def elaborate(self, platform):
         m = Module()
@@ -831,12 +835,12 @@ class OpFromFirstByte(wiring.Component):
             k.i_stream.payload.data.eq(i.payload.data),
             k.i_stream.payload.nbytes.eq(Mux(first, 0, i.payload.nbytes)),
             k.i_stream.payload.last.eq(i.payload.last),
-            k.i_stream.payload.op.eq(Mux(first, i.payload.data, op)),
+            k.i_stream.payload.op.eq(Mux(first, i.payload.data[:8], op)),
         ]
         with m.If(first & ~i.payload.last):  # the opcode: taken, not passed on
             m.d.comb += i.ready.eq(1)
             with m.If(i.valid):
-                m.d.sync += [op.eq(i.payload.data), first.eq(0)]
+                m.d.sync += [op.eq(i.payload.data[:8]), first.eq(0)]
         with m.Else():
             m.d.comb += [k.i_stream.valid.eq(i.valid), i.ready.eq(k.i_stream.ready)]
             with m.If(i.valid & i.ready & i.payload.last):
@@ -846,19 +850,19 @@ class OpFromFirstByte(wiring.Component):
 
 
 @functools.cache
-def harness(schema_name: str, max_bytes: int, max_repeat: int):
+def harness(schema_name: str, max_bytes: int, max_repeat: int, width: int = 1):
     from sim.harness import StreamHarness
 
     table = protobuf_schema.load(schema_name).table(max_bytes, max_repeat)
     return StreamHarness.for_component(
-        functools.partial(OpFromFirstByte, table),
-        f"protobuf_opbyte_{table.hash}", 1,
+        functools.partial(OpFromFirstByte, table, width),
+        f"protobuf_opbyte_{table.hash}_w{width}", width,
     )
 
 
 def measure(schema_name: str, op: str, *, messages: int = 256, per_request: int = 16,
             max_bytes: int | None = None, max_repeat: int | None = None,
-            seed: int = 0) -> dict:
+            seed: int = 0, width: int = 1) -> dict:
     """Cycles the kernel takes for ``op`` ("encode" or "decode") of random messages of the
     schema ``schema_name``, in the fast stream harness (input always valid, output always
     ready).
@@ -882,14 +886,15 @@ def measure(schema_name: str, op: str, *, messages: int = 256, per_request: int 
     batches = [msgs[k:k + per_request] for k in range(0, len(msgs), per_request)]
     wire = [made.encode_answer(batch) for batch in batches]
     data = [made.records(batch) for batch in batches] if op == "encode" else wire
-    result = harness(schema_name, mb, mr).run([bytes([OPCODES[op]]) + d for d in data])
+    opcode = bytes([OPCODES[op]]).ljust(width, b"\0")  # a beat of its own
+    result = harness(schema_name, mb, mr, width).run([opcode + d for d in data])
     wrong = [n for n, (d, out, error) in enumerate(zip(data, result.outputs, result.errors,
                                                        strict=True))
              if (out, error) != (made.model.run(op, d).data, False)]
     cycles = result.active_cycles - len(batches)  # less the opcode bytes' cycles
     wire_bytes = sum(map(len, wire))
     return {
-        "schema": schema_name, "op": op, "max_bytes": mb, "max_repeat": mr,
+        "schema": schema_name, "op": op, "max_bytes": mb, "max_repeat": mr, "width": width,
         "messages": len(msgs), "requests": len(batches), "wire_bytes": wire_bytes,
         "record_bytes": len(msgs) * made.table.record_size, "cycles": cycles,
         "cycles_per_message": cycles / len(msgs),
@@ -901,13 +906,15 @@ def measure(schema_name: str, op: str, *, messages: int = 256, per_request: int 
 
 
 @pytest.mark.usefixtures("_verilator")
+@pytest.mark.parametrize("width", ProtobufKernel.widths)
 @pytest.mark.parametrize("schema_name", sorted(LIMITS))
-def test_harness_measure(schema_name):
+def test_harness_measure(schema_name, width):
     """Both operations in the fast harness: every response right; the figures printed."""
     for op in ("encode", "decode"):
-        figures = measure(schema_name, op)
+        figures = measure(schema_name, op, width=width)
         assert figures["wrong"] == [], f"{schema_name} {op}: requests {figures['wrong']} wrong"
-        print(f"harness {schema_name} {op}: {figures['cycles_per_message']:.1f} cycles/message, "
+        print(f"harness {schema_name} {op} width {width}: "
+              f"{figures['cycles_per_message']:.1f} cycles/message, "
               f"{figures['cycles_per_wire_byte']:.2f} cycles/wire byte "
               f"({figures['messages']} messages, {figures['wire_bytes']} wire bytes, "
               f"{figures['record_bytes']} record bytes, {figures['cycles']} cycles; "
