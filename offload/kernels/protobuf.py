@@ -510,11 +510,11 @@ class ProtobufModel:
         return Response(bytes(out), error=problem is not None)
 
 
-def gateware(schema: str, max_bytes: int, max_repeat: int):
-    """The kernel's gateware for a loaded schema (by its hash) and limits."""
+def gateware(schema: str, max_bytes: int, max_repeat: int, width: int = 1):
+    """The kernel's gateware for a loaded schema (by its hash), limits and width."""
     from hdl.kernels.protobuf import ProtobufKernel
 
-    return ProtobufKernel(lookup(schema).table(max_bytes, max_repeat))
+    return ProtobufKernel(lookup(schema).table(max_bytes, max_repeat), width)
 
 
 # -- the codec -----------------------------------------------------------------------------------
@@ -800,8 +800,11 @@ SPEC = KernelSpec(
                         convert=convert_param),
         "max_bytes": Param(32, "longest string or bytes value", low=1, high=1024),
         "max_repeat": Param(8, "most values of a repeated field", low=1, high=255),
+        "width": Param(1, "bytes per beat: 1, the byte-a-cycle engines (small); 8, the wide "
+                          "encoder, a field a cycle", choices=(1, 8)),
     },
-    board_params={},
+    # The iCE40 UP5K has room for the small engines only; the ECP5 for the wide encoder.
+    board_params={"icebreaker": {"width": 1}, "ulx3s-85f": {"width": 8}},
     # The proof's schema is a varint and a string, with the smallest limits: every state of
     # both engines but those of repeated fields, with responses short enough for the bounded
     # check to see them end.

@@ -10,6 +10,7 @@ behind the link. On it, and on the CPU path:
 * malformed input is a :class:`~offload.KernelError` with the same text on both, and the next
   call is answered.
 
+Both widths of the kernel: 1 byte a beat (the byte-a-cycle engines) and 8 (the wide encoder).
 A few schemas by default (each a Verilator build of a minute or so); more with ``--slow``.
 """
 
@@ -29,12 +30,16 @@ MAX_BYTES, MAX_REPEAT = 6, 3
 
 
 def _examples(config) -> int:
-    return 6 if config.getoption("--slow") else 2
+    return 3 if config.getoption("--slow") else 1
 
 
-def _open(schema, kernels=("protobuf",)):
-    params = {"protobuf": {"schema": schema, "max_bytes": MAX_BYTES,
-                           "max_repeat": MAX_REPEAT}}
+def _params(schema, width: int = 1) -> dict:
+    return {"protobuf": {"schema": schema, "max_bytes": MAX_BYTES, "max_repeat": MAX_REPEAT,
+                         "width": width}}
+
+
+def _open(schema, kernels=("protobuf",), width: int = 1):
+    params = _params(schema, width)
     try:
         return offload.open("sim", fallback="never", kernels=list(kernels), params=params)
     except ToolchainError as exc:
@@ -48,13 +53,12 @@ def outcome(fn, *args, **kwargs):
         return exc
 
 
-def _check_schema(schema, data) -> None:
+def _check_schema(schema, data, width: int = 1) -> None:
     msgs = data.draw(st.lists(ps.messages(schema, MAX_BYTES, MAX_REPEAT), min_size=1,
                               max_size=6), label="messages")
     wire = [m.SerializeToString() for m in msgs]
-    params = {"protobuf": {"schema": schema, "max_bytes": MAX_BYTES,
-                           "max_repeat": MAX_REPEAT}}
-    with offload.open("cpu", params=params) as cpu, _open(schema) as dev:
+    params = _params(schema, width)
+    with offload.open("cpu", params=params) as cpu, _open(schema, width=width) as dev:
         assert dev.gateware_kernels == {"protobuf"}
         for device in (cpu, dev):
             assert device.protobuf.encode(msgs) == wire
@@ -73,26 +77,27 @@ def _check_schema(schema, data) -> None:
 
 
 @pytest.mark.parametrize("name", ["small", "blob"])
-def test_builtin_schema_on_a_virtual_board(name):
+def test_builtin_schema_on_a_wide_virtual_board(name):
     schema = ps.load(name)
 
     @settings(max_examples=3, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.data())
     def run(data):
-        _check_schema(schema, data)
+        _check_schema(schema, data, width=8)
 
     run()
 
 
-def test_random_schemas_on_virtual_boards(pytestconfig):
+@pytest.mark.parametrize("width", [1, 8])
+def test_random_schemas_on_virtual_boards(pytestconfig, width):
     @settings(max_examples=_examples(pytestconfig), deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.filter_too_much])
     @given(ps.schemas(max_depth=2, max_fields=6).filter(
         lambda s: s.table(MAX_BYTES, MAX_REPEAT).record_size > 0), st.data())
     def run(schema, data):
-        _check_schema(schema, data)
+        _check_schema(schema, data, width)
 
     run()
 
@@ -117,10 +122,12 @@ def test_a_device_built_for_another_schema_is_a_clear_error():
         board.stop()
 
 
-@pytest.fixture(scope="module")
-def small_board():
-    """A virtual board with the protobuf kernel for the builtin ``small`` schema, 32 / 8."""
-    params = {"protobuf": {"schema": "small", "max_bytes": 32, "max_repeat": 8}}
+@pytest.fixture(scope="module", params=[1, 8], ids=["width1", "width8"])
+def small_board(request):
+    """A virtual board with the protobuf kernel for the builtin ``small`` schema, 32 / 8, at
+    each width."""
+    params = {"protobuf": {"schema": "small", "max_bytes": 32, "max_repeat": 8,
+                           "width": request.param}}
     try:
         dev = offload.open("sim", fallback="never", kernels=["protobuf"], params=params)
     except ToolchainError as exc:
