@@ -847,7 +847,7 @@ class ProtobufKernel(wiring.Component):
     widths = WIDTHS
 
     def __init__(self, table: Table, width: int = 1):
-        from .protobuf_wide import NarrowDecoder, WideEncoder
+        from .protobuf_wide import WideDecoder, WideEncoder
 
         if table.record_size == 0:
             raise ValueError(f"{table.message} has no fields: its records would be empty")
@@ -860,7 +860,7 @@ class ProtobufKernel(wiring.Component):
             self.decoder = _Decoder(table)
         else:
             self.encoder = WideEncoder(table, width)
-            self.decoder = NarrowDecoder(_Decoder(table), width)
+            self.decoder = WideDecoder(table, width)
         latency = self._latency()
         self.contract_bounds = {"latency": latency, "depth": latency + 4}
         super().__init__({
@@ -900,10 +900,12 @@ class ProtobufKernel(wiring.Component):
         decode = writes + 1 + t.depth + 1 + max(1 + fairness * size + 1, 1 + size + 1) + 1
         if self.width == 1:
             return max(encode, decode) + fairness + 2
-        # Wide: the last beat may leave up to 16 bytes of records in the encoder's gearbox
-        # (and 8 bytes of messages in the decoder's unpacker), each record a load, a walk (a
-        # cycle a field, a chunk a cycle of a string, an element a cycle of a repeated field),
-        # the prefix and the read-out; and the packer's last two beats.
+        # Wide: the last beat may leave up to 16 bytes of records in the encoder's gearbox,
+        # each record a load, a walk (a cycle a field, a chunk a cycle of a string, an element
+        # a cycle of a repeated field), the prefix and the read-out; and the packer's last two
+        # beats. The decoder's window may hold 32 bytes of messages: a byte or more a cycle
+        # (a string's, a skipped field's, a field's), and each message its length, its pops
+        # and its record's wait for the output register.
         w = self.width
         walk = 0
         for f in t.fields:
@@ -915,7 +917,8 @@ class ProtobufKernel(wiring.Component):
                 walk += 1
         record = 3 + walk + 3 + fairness * (-(-out // w) + 2)
         encode = record * (2 * w // size + 2)
-        decode = decode * (w + 1)
+        span, chunks = 32, -(-size // w)
+        decode = span + span * (1 + t.depth + 3 + fairness * chunks) + fairness * chunks
         return max(encode, decode) + 3 * fairness + 4
 
     def elaborate(self, platform):

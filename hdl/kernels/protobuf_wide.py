@@ -1,8 +1,11 @@
-"""The protobuf kernel's wide engines: W bytes a cycle on the wire side, a field a cycle.
+"""The protobuf kernel's wide engines: 8 bytes a beat on the wire side, a field a cycle.
 
 :class:`~hdl.kernels.protobuf.ProtobufKernel` built with ``width=8`` takes and gives beats of 8
-bytes. Its encoder is :class:`WideEncoder`; its decoder is the byte-a-cycle one between an
-:class:`Unpacker` and a :class:`Packer` (a wide decoder is still to come).
+bytes, and its engines are :class:`WideEncoder` and :class:`WideDecoder`: the same answers as
+the byte-a-cycle engines (the same messages and records, the same requests refused), a field
+a cycle. Both keep the record in flip-flops, where every field's value is a constant slice; a
+record of a few hundred bytes is a few thousand flip-flops, which the ECP5 has and the iCE40
+UP5K does not (there the byte-a-cycle engines, ``width=1``, keep the record in block RAM).
 
 :class:`WideEncoder` does what the byte-a-cycle encoder does (same messages, same errors) with
 the record in flip-flops instead of a memory, so every field's value is a constant slice of
@@ -34,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 from ..stream import byte_stream
 from .protobuf_table import WIRE_VARINT, Field, Table
 
-__all__ = ["WideEncoder", "NarrowDecoder", "Packer", "Unpacker", "utf8_chunk", "chunk_stream"]
+__all__ = ["WideEncoder", "WideDecoder", "Packer", "utf8_chunk", "chunk_stream"]
 
 _LANES = 16  # bytes the output memory takes in one cycle: a tag (5) and a varint (10) fit
 
@@ -93,41 +96,6 @@ class Packer(wiring.Component):
         return m
 
 
-class Unpacker(wiring.Component):
-    """Beats of ``width`` bytes in, a byte a beat out (``last`` on the last byte of a last beat,
-    or alone when the last beat is empty), at a byte a cycle."""
-
-    def __init__(self, width: int):
-        self.width = width
-        super().__init__({"i": In(byte_stream(width)), "o": Out(byte_stream(1))})
-
-    def elaborate(self, platform):
-        m = Module()
-        w = self.width
-        i, o = self.i, self.o
-        held = Signal()
-        beat = Signal(8 * w)
-        n = Signal(range(w + 1))
-        j = Signal(range(w + 1))
-        last = Signal()
-        end = j + 1 >= n  # the byte going out is the beat's last (or the beat is empty)
-        m.d.comb += [
-            o.valid.eq(held),
-            o.payload.data.eq(beat.word_select(j, 8) if w > 1 else beat),
-            o.payload.nbytes.eq(n != 0),
-            o.payload.last.eq(last & end),
-            i.ready.eq(~held | (o.ready & end)),
-        ]
-        with m.If(o.valid & o.ready):
-            m.d.sync += j.eq(j + 1)
-            with m.If(end):
-                m.d.sync += held.eq(0)
-        with m.If(i.valid & i.ready):
-            m.d.sync += [held.eq(i.payload.nbytes.any() | i.payload.last), beat.eq(i.payload.data),
-                         n.eq(i.payload.nbytes), j.eq(0), last.eq(i.payload.last)]
-        return m
-
-
 def utf8_chunk(m: Module, chunk, n, prev, name: str):
     """RFC 3629 UTF-8 over ``n`` bytes of ``chunk`` at once, the string's three bytes before
     them in ``prev`` (0 before its first): returns ``(ok, complete)``, whether every byte may
@@ -170,34 +138,6 @@ def utf8_chunk(m: Module, chunk, n, prev, name: str):
     return ok, complete
 
 
-class NarrowDecoder(wiring.Component):
-    """A byte-a-cycle engine behind beats of ``width`` bytes: an :class:`Unpacker` in front of
-    it and a :class:`Packer` behind it."""
-
-    def __init__(self, engine: wiring.Component, width: int):
-        self.engine, self.width = engine, width
-        super().__init__({"i_stream": In(byte_stream(width)), "o_stream": Out(byte_stream(width))})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.unpacker = unpacker = Unpacker(self.width)
-        m.submodules.engine = engine = self.engine
-        m.submodules.packer = packer = Packer(self.width)
-        wiring.connect(m, wiring.flipped(self.i_stream), unpacker.i)
-        wiring.connect(m, unpacker.o, engine.i_stream)
-        eo = engine.o_stream
-        m.d.comb += [
-            packer.i.valid.eq(eo.valid),
-            packer.i.payload.data.eq(eo.payload.data),
-            packer.i.payload.n.eq(eo.payload.nbytes),
-            packer.i.payload.last.eq(eo.payload.last),
-            packer.i.payload.error.eq(eo.payload.error),
-            eo.ready.eq(packer.i.ready),
-        ]
-        wiring.connect(m, packer.o, wiring.flipped(self.o_stream))
-        return m
-
-
 def _varint_bytes(m: Module, value, name: str):
     """The varint of a 64-bit ``value``: ``(bytes, length)``, 80 bits and 1 to 10."""
     length = Signal(range(11), name=f"{name}_len")
@@ -207,6 +147,375 @@ def _varint_bytes(m: Module, value, name: str):
             m.d.comb += length.eq(g + 1)
     out = Cat(*(Cat(value[7 * g:7 * g + 7], length > g + 1) for g in range(10)))
     return out, length
+
+
+def _varint_at(m: Module, window, maxlen: int, name: str):
+    """The varint at the start of ``window`` (bytes): ``(length, value, ended)``: ``length``
+    (1 to ``maxlen``) is its bytes if ``ended`` (a byte without the continuation bit among the
+    first ``maxlen``); ``value`` the 64-bit value of those bytes (a 10th byte gives bit 63)."""
+    octets = [window.word_select(j, 8) for j in range(maxlen)]
+    length = Signal(range(maxlen + 1), name=f"{name}_len")
+    ended = Signal(name=f"{name}_ended")
+    m.d.comb += [length.eq(maxlen), ended.eq(0)]
+    for j in reversed(range(maxlen)):
+        with m.If(~octets[j][7]):
+            m.d.comb += [length.eq(j + 1), ended.eq(1)]
+    value = Signal(64, name=f"{name}_value")
+    m.d.comb += value.eq(Cat(*(Mux(length > j, octets[j][:7], 0) for j in range(maxlen))))
+    return length, value, ended
+
+
+class WideDecoder(wiring.Component):
+    """Length-delimited messages in, a record per message out, ``width`` bytes a beat: the
+    byte-a-cycle decoder's answer a field a cycle.
+
+    The wire bytes wait in a 32-byte window, the next unparsed byte first. In a cycle the
+    decoder takes a whole field from the front of it: the tag (up to 5 bytes) and, for a
+    varint or fixed-width value, the value (up to 10 bytes), or, for a length-delimited field,
+    its length; a string then comes 8 bytes a cycle (its UTF-8 checked in parallel), a packed
+    run a value a cycle, and an unknown length-delimited field is skipped up to 16 bytes a
+    cycle. A field is taken only when every byte it may need is in the window (16 bytes, or
+    the rest of the message, or the request has ended), so a field that runs past the end of
+    its message, or of the request, is refused in the cycle it is seen.
+
+    The record is in flip-flops: every field's value has its place, written whole in the
+    cycle its field is taken. When a message ends its record is copied into an output register
+    and cleared, and goes out 8 bytes a beat through a :class:`Packer` while the next message
+    is decoded.
+    """
+
+    def __init__(self, table: Table, width: int = 8):
+        if width != 8:
+            raise ValueError(f"WideDecoder takes 8 bytes a beat, not {width!r}")
+        self.table = table
+        self.width = width
+        super().__init__({"i_stream": In(byte_stream(width)), "o_stream": Out(byte_stream(width))})
+
+    def elaborate(self, platform):
+        from .protobuf import _BOOL, _ZIGZAG32, _ZIGZAG64, _conversion
+        from .protobuf_table import MAX_MESSAGE, WIRE_I64, WIRE_LEN
+
+        m = Module()
+        t, fields = self.table, self.table.fields
+        w, size = self.width, t.record_size
+        i = self.i_stream
+        m.submodules.packer = packer = Packer(w)
+        wiring.connect(m, wiring.flipped(self.o_stream), packer.o)
+        po = packer.i
+
+        TOP, FIELD, PACKED, STR, SKIP, POP, DONE, DRAIN, END = range(9)
+        state = Signal(range(9))
+        final = Signal()
+        bad = Signal()
+
+        # -- the window --------------------------------------------------------------------
+        span = 32
+        win = Signal(8 * span)  # bytes at and above cnt are zero
+        cnt = Signal(range(span + 1))
+        used = Signal(range(17))  # bytes the cycle takes from the front
+        m.d.comb += i.ready.eq(~final & ((state == DRAIN) | (cnt <= span - w)))
+        beat = i.valid & i.ready
+        with m.If(beat & i.payload.last):
+            m.d.sync += final.eq(1)
+        keep = beat & (state != DRAIN)
+        mask = Cat(*((i.payload.nbytes > b).replicate(8) for b in range(w)))
+        left = Signal.like(cnt)
+        m.d.comb += left.eq(cnt - used)
+        m.d.sync += [win.eq((win >> (used * 8)) |
+                            (Mux(keep, i.payload.data & mask, 0) << (left * 8))),
+                     cnt.eq(left + Mux(keep, i.payload.nbytes, 0))]
+
+        # Where the decoder is: bytes of the message taken, and where the current message (or
+        # packed run) ends; a stack of the ends and the fields of the messages it is in.
+        depth_max = t.depth
+        pos = Signal(25)
+        lim = Signal(25)
+        ends = Array(Signal(25, name=f"end{d}") for d in range(depth_max + 1))
+        nodes = Array(Signal(range(len(fields) + 1), name=f"node{d}")
+                      for d in range(depth_max + 1))
+        depth = Signal(range(depth_max + 1))
+        cur = Signal(range(len(fields) + 1))
+        r = Signal(26)  # bytes left in the message (or packed run)
+        m.d.comb += r.eq(lim - pos)
+        room = Signal(26)  # bytes a field may take: in the message and in the window
+        m.d.comb += room.eq(Mux(r < cnt, r, cnt))
+        # Every byte a field may need is in the window (or will never come).
+        whole = (cnt >= 16) | final | (cnt >= ends[0] - pos)
+
+        rec = Signal(8 * size)
+        out = Signal(8 * size)
+        chunks = -(-size // w)
+        ochunks = Signal(range(chunks + 1))
+
+        def rslice(offset: int, n: int):
+            return rec[8 * offset:8 * (offset + n)]
+
+        def fail():
+            m.d.sync += [bad.eq(1), state.eq(DRAIN), rec.eq(0)]
+
+        def take(n):
+            m.d.comb += used.eq(n)
+            m.d.sync += pos.eq(pos + n)
+
+        # The field's parts at the front of the window: the tag, and what follows it.
+        tlen, tval, tended = _varint_at(m, win, 5, "tag")
+        fieldno, wt = tval[3:32], tval[:3]
+        after = Signal(8 * 10)
+        at = Signal(range(6))  # where the value starts: after the tag, or at 0 in a packed run
+        m.d.comb += [at.eq(Mux(state == PACKED, 0, tlen)),
+                     after.eq((win >> (at * 8))[:80])]
+        vlen, vval, vended = _varint_at(m, after, 10, "value")
+        llen, lval, lended = _varint_at(m, after, 5, "length")
+        lval35 = Signal(35)
+        m.d.comb += lval35.eq(Cat(*(Mux(llen > j, after.word_select(j, 8)[:7], 0)
+                                    for j in range(5))))
+        vok = vended & ~((vlen == 10) & after.word_select(9, 8)[1:].any()) & (at + vlen <= room)
+        lok = lended & (at + llen <= room)
+        body = Signal(26)  # a length-delimited field's bytes may not run past the message
+        m.d.comb += body.eq(r - at - llen)
+        lfits = lok & (lval35 <= body)
+        tok = tended & (tlen <= room) & ~tval[32:].any() & (fieldno != 0) & \
+            (wt != 3) & (wt != 4) & (wt != 6) & (wt != 7)
+
+        def conv(f: Field, value):
+            c = _conversion(f)
+            if c == _ZIGZAG32:
+                return Cat(value[1:32], 0) ^ value[0].replicate(32)
+            if c == _ZIGZAG64:
+                return Cat(value[1:], 0) ^ value[0].replicate(64)
+            if c == _BOOL:
+                return value.any()
+            return value
+
+        def next_after(n):
+            """After a field of ``n`` bytes: leave the messages that end there, or go on."""
+            with m.If(pos + n == lim):
+                m.d.sync += state.eq(POP)
+            with m.Else():  # the next field, or the next value of a packed run
+                m.d.sync += state.eq(Mux(state == PACKED, PACKED, FIELD))
+
+        slen = Signal(range(t.max_bytes + 1))  # a string's bytes still to come
+        sfield = Signal(range(max(1, len(fields))))
+        sj = Signal(range(-(-t.max_bytes // w) + 1))
+        s_utf8 = Signal()
+        prev = Signal(24)
+        skip = Signal(35)
+        pfield = Signal(range(max(1, len(fields))))
+
+        def value_into(f: Field, offset: int, n_from, also=()):
+            """A scalar value of field ``f`` at the front of ``after``, into the record at
+            ``offset``; ``n_from``: bytes before it this cycle (the tag's, or 0); ``also``:
+            more to do if it is good."""
+            n = f.scalar_size
+            if f.wire_type == WIRE_VARINT:
+                with m.If(vok):
+                    m.d.sync += [rslice(offset, n).eq(conv(f, vval)), *also]
+                    take(n_from + vlen)
+                    next_after(n_from + vlen)
+                with m.Else():
+                    fail()
+            else:
+                with m.If(n_from + n <= room):
+                    m.d.sync += [rslice(offset, n).eq(after[:8 * n]), *also]
+                    take(n_from + n)
+                    next_after(n_from + n)
+                with m.Else():
+                    fail()
+
+        def append(f: Field, n_from):
+            """The next element of repeated field ``f``."""
+            count = rslice(f.offset, 2)
+            with m.If(count >= t.max_repeat):
+                fail()
+            with m.Else():
+                with m.Switch(count):
+                    for e in range(t.max_repeat):
+                        with m.Case(e):
+                            value_into(f, f.offset + 2 + e * f.scalar_size, n_from,
+                                       [count.eq(count + 1)])
+
+        def dispatch(k: int, f: Field):
+            if f.is_message or f.is_bytes:
+                with m.If((wt == WIRE_LEN) & lfits):
+                    take(tlen + llen)
+                    if f.is_message:
+                        m.d.sync += [rslice(f.offset, 1).eq(1), depth.eq(depth + 1),
+                                     ends[depth + 1].eq(pos + tlen + llen + lval35),
+                                     nodes[depth + 1].eq(k + 1), cur.eq(k + 1),
+                                     lim.eq(pos + tlen + llen + lval35)]
+                        with m.If(lval35 == 0):
+                            m.d.sync += state.eq(POP)  # an empty message ends here
+                        with m.Else():
+                            m.d.sync += state.eq(FIELD)
+                    else:
+                        with m.If(lval35 > t.max_bytes):
+                            fail()
+                        with m.Else():
+                            m.d.sync += [rslice(f.offset, 2).eq(lval35),
+                                         rslice(f.offset + 2, t.max_bytes).eq(0),
+                                         slen.eq(lval35), sfield.eq(k), sj.eq(0), prev.eq(0),
+                                         s_utf8.eq(f.type == 9)]
+                            with m.If(lval35 == 0):
+                                next_after(tlen + llen)
+                            with m.Else():
+                                m.d.sync += state.eq(STR)
+                with m.Else():
+                    fail()
+                return
+            if f.repeated:
+                with m.If((wt == WIRE_LEN) & lfits):
+                    take(tlen + llen)
+                    with m.If(lval35 == 0):
+                        next_after(tlen + llen)
+                    with m.Else():
+                        m.d.sync += [state.eq(PACKED), pfield.eq(k),
+                                     lim.eq(pos + tlen + llen + lval35)]
+                with m.Elif(wt == f.wire_type):
+                    append(f, tlen)
+                with m.Else():
+                    fail()
+                return
+            with m.If(wt == f.wire_type):
+                value_into(f, f.offset, tlen)
+            with m.Else():
+                fail()
+
+        strings = [(k, f) for k, f in enumerate(fields) if f.is_bytes]
+        reps = [(k, f) for k, f in enumerate(fields) if f.repeated and not f.is_message]
+        s_n = Signal(range(w + 1))
+        m.d.comb += s_n.eq(Mux(slen < w, slen, w))
+        utf_ok, utf_done = utf8_chunk(m, win[:8 * w], s_n, prev, "utf8")
+
+        with m.Switch(state):
+            with m.Case(TOP):  # a message's length
+                top_len, top_val, top_ended = _varint_at(m, win, 10, "top")
+                with m.If(final & (cnt == 0)):
+                    m.d.sync += state.eq(END)  # the request ended between messages
+                with m.Elif((cnt >= 10) | final):
+                    with m.If(~top_ended | (top_len > cnt) | (top_val > MAX_MESSAGE) |
+                              ((top_len == 10) & win.word_select(9, 8)[1:].any())):
+                        fail()
+                    with m.Else():
+                        m.d.comb += used.eq(top_len)
+                        m.d.sync += [pos.eq(0), lim.eq(top_val), ends[0].eq(top_val),
+                                     depth.eq(0), cur.eq(0)]
+                        with m.If(top_val == 0):
+                            m.d.sync += state.eq(DONE)
+                        with m.Else():
+                            m.d.sync += state.eq(FIELD)
+
+            with m.Case(FIELD):
+                with m.If(whole):
+                    matches = [(cur == f.parent + 1) & (fieldno == f.number) for f in fields]
+                    known = Cat(*matches).any() if fields else Const(0)
+                    with m.If(~tok):
+                        fail()
+                    with m.Elif(~known):  # skip it
+                        with m.Switch(wt):
+                            with m.Case(WIRE_VARINT):
+                                with m.If(vok):
+                                    take(tlen + vlen)
+                                    next_after(tlen + vlen)
+                                with m.Else():
+                                    fail()
+                            with m.Case(WIRE_LEN):
+                                with m.If(lfits):
+                                    take(tlen + llen)
+                                    with m.If(lval35 == 0):
+                                        next_after(tlen + llen)
+                                    with m.Else():
+                                        m.d.sync += [state.eq(SKIP), skip.eq(lval35)]
+                                with m.Else():
+                                    fail()
+                            with m.Default():
+                                n = Mux(wt == WIRE_I64, 8, 4)
+                                with m.If(tlen + n <= room):
+                                    take(tlen + n)
+                                    next_after(tlen + n)
+                                with m.Else():
+                                    fail()
+                    for k, (f, match) in enumerate(zip(fields, matches, strict=True)):
+                        with m.Elif(match):
+                            dispatch(k, f)
+
+            with m.Case(PACKED):  # a value of a packed run a cycle
+                with m.If(whole):
+                    with m.Switch(pfield):
+                        for k, f in reps:
+                            with m.Case(k):
+                                append(f, 0)
+
+            with m.Case(STR):  # 8 bytes of a string a cycle
+                with m.If(cnt >= s_n):
+                    m.d.comb += used.eq(s_n)
+                    m.d.sync += [pos.eq(pos + s_n), slen.eq(slen - s_n), sj.eq(sj + 1),
+                                 prev.eq(win[8 * (w - 3):8 * w])]
+                    with m.Switch(sfield):
+                        for k, f in strings:
+                            with m.Case(k):
+                                for j in range(-(-t.max_bytes // w)):
+                                    n = min(w, t.max_bytes - j * w)
+                                    with m.If(sj == j):
+                                        data_ = Cat(*(Mux(s_n > b, win.word_select(b, 8), 0)
+                                                      for b in range(n)))
+                                        m.d.sync += rslice(f.offset + 2 + j * w, n).eq(data_)
+                    with m.If(s_utf8 & (~utf_ok | ((slen == s_n) & ~utf_done))):
+                        fail()
+                    with m.Elif(slen == s_n):
+                        next_after(s_n)
+                with m.Elif(final):
+                    fail()  # the request ended inside the string
+
+            with m.Case(SKIP):  # an unknown field's bytes, up to 16 a cycle
+                n = Signal(range(17))
+                m.d.comb += n.eq(Mux(skip < 16, skip, 16))
+                with m.If(cnt >= n):
+                    take(n)
+                    m.d.sync += skip.eq(skip - n)
+                    with m.If(skip == n):
+                        next_after(n)
+                with m.Elif(cnt != 0):
+                    take(cnt)
+                    m.d.sync += skip.eq(skip - cnt)
+                with m.Elif(final):
+                    fail()
+
+            with m.Case(POP):  # leave every message (or packed run) that ends here
+                with m.If(pos == lim):
+                    with m.If(lim != ends[depth]):  # a packed run ended
+                        m.d.sync += lim.eq(ends[depth])
+                    with m.Elif(depth == 0):
+                        m.d.sync += state.eq(DONE)
+                    with m.Else():
+                        m.d.sync += [depth.eq(depth - 1), lim.eq(ends[depth - 1]),
+                                     cur.eq(nodes[depth - 1])]
+                with m.Else():
+                    m.d.sync += state.eq(FIELD)
+
+            with m.Case(DONE):  # the record to the output register, once it is free
+                with m.If(ochunks == 0):
+                    m.d.sync += [out.eq(rec), rec.eq(0), ochunks.eq(chunks), state.eq(TOP)]
+
+            with m.Case(DRAIN):  # drop the rest of a malformed request
+                m.d.sync += cnt.eq(0)
+                with m.If(final):
+                    m.d.sync += state.eq(END)
+
+            with m.Case(END):
+                with m.If(ochunks == 0):
+                    m.d.comb += [po.valid.eq(1), po.payload.last.eq(1),
+                                 po.payload.error.eq(bad)]
+                    with m.If(po.ready):
+                        m.d.sync += [final.eq(0), bad.eq(0), state.eq(TOP), cnt.eq(0),
+                                     win.eq(0)]
+
+        # The records out, 8 bytes a beat.
+        with m.If(ochunks != 0):
+            m.d.comb += [po.valid.eq(1), po.payload.data.eq(out[:8 * w]),
+                         po.payload.n.eq(Mux(ochunks == 1, size - (chunks - 1) * w, w))]
+            with m.If(po.ready):
+                m.d.sync += [out.eq(out >> (8 * w)), ochunks.eq(ochunks - 1)]
+        return m
 
 
 class WideEncoder(wiring.Component):
