@@ -98,9 +98,11 @@ def _steps(progress: Progress | None, label: str):
     return step
 
 
-def print_kernels(device, alone, console: Console) -> None:
+def print_kernels(device, alone, console: Console, fits=()) -> None:
     """Each kernel of ``device`` built alone between the pins (``(name, report)`` pairs): its
-    own fmax and resources, and the share of the device's resources it takes."""
+    own fmax and resources, and the room the device leaves; for each of ``fits`` (``(name,
+    unit, amount, ((report, amount), (report, amount)))``), how much more of ``unit`` the room
+    holds (see ``KernelSpec.fit``)."""
     table = Table(title="each kernel alone (between the pins, without the link)",
                   title_justify="left")
     for column in ("kernel", "fmax MHz", "its resources alone (used / on the chip)"):
@@ -115,6 +117,32 @@ def print_kernels(device, alone, console: Console) -> None:
                      for cell, (used, available) in sorted(device.resources.items())
                      if used and cell not in _PADS)
     console.print(f"  room left in the device: {free}")
+    for name, unit, amount, measured in fits:
+        line = fit_line(device, name, unit, amount, measured)
+        if line:
+            console.print(f"  {line}")
+
+
+#: The cells a kernel's logic is counted in, per architecture.
+_LOGIC = ("ICESTORM_LC", "TRELLIS_COMB")
+
+
+def fit_line(device, name: str, unit: str, amount: int, measured) -> str | None:
+    """How many more of ``unit`` the device's room holds (it has ``amount``), at the cost of
+    one measured between two builds of the kernel alone (``measured``: ``(report, amount)``
+    pairs, fewer first): a derived figure."""
+    cell = next((c for c in _LOGIC if c in device.resources), None)
+    (small, fewer), (large, more_) = measured
+    if cell is None or more_ <= fewer:
+        return None
+    used, available = device.resources[cell]
+    cost = (large.resources[cell][0] - small.resources[cell][0]) / (more_ - fewer)
+    if cost <= 0:
+        return None
+    room = available - used
+    return (f"{name}: a {unit[:-1]} costs about {cost:.0f} {cell} ({more_} {unit} against "
+            f"{fewer}, each kernel built alone); the room left ({room}) holds about "
+            f"{int(room / cost)} more {unit} beside this build's {amount} (derived)")
 
 
 # I/O cells and global resources a kernel alone uses for its pins, not for its logic.

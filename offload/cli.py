@@ -137,7 +137,7 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
         raise click.UsageError("--per-kernel is for a device; --kernel-only builds one kernel")
     kernel_names = [name for name, _ in kernel_args]
     params = {name: values for name, values in kernel_args if values}
-    alone = []
+    alone, fits = [], []
     with progress_bar(console) as progress:
         if kernel_only:
             if len(kernel_names) > 1:
@@ -156,9 +156,15 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
                     alone.append((spec.name, build_kernel(board, spec.name,
                                                           params=dict(values),
                                                           progress=progress)))
+                    if spec.fit is not None:
+                        unit, amount, points = spec.fit(dict(values))
+                        measured = [(build_kernel(board, spec.name, params=dict(point),
+                                                  progress=progress), n)
+                                    for point, n in points]
+                        fits.append((spec.name, unit, amount, measured))
     print_report(report, console)
     if alone:
-        print_kernels(report, alone, console)
+        print_kernels(report, alone, console, fits)
     if not kernel_only:
         from boards import get_board
 

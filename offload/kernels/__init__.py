@@ -176,6 +176,12 @@ class KernelSpec:
         on this CPU with the library the kernel is compared with, and optionally
         ``"reference": (name, items per second)``, the library's rate the kernel's is set
         against.
+    fit : callable, optional
+        ``fit(params) -> (unit, amount, ((params, amount), (params, amount)))``: for a kernel
+        whose size grows with something its parameters describe (a protobuf schema's fields),
+        how many of ``unit`` these parameters have, and two builds with fewer and more of them.
+        ``offload build --per-kernel`` builds both alone (cached), and says how many more of
+        ``unit`` the room left in the device holds at the cost of one measured between them.
     default : bool
         Whether a device has it when no kernels are named (``offload.open("sim")``,
         ``offload build`` without ``--kernel``). A kernel built for one use, as the protobuf
@@ -207,6 +213,7 @@ class KernelSpec:
     stateful: bool = False
     default: bool = True
     bench: Callable[[Mapping[str, Any], str, tuple], Mapping[str, Any]] | None = None
+    fit: Callable[[Mapping[str, Any]], tuple[str, int, tuple]] | None = None
 
     # -- operations --------------------------------------------------------------------------
 

@@ -783,6 +783,23 @@ def bench(params, op: str, args: tuple) -> dict:
     return {"items": len(msgs), "unit": "messages", "rows": rows, "reference": reference}
 
 
+def fit(params) -> tuple[str, int, tuple[tuple[dict, int], tuple[dict, int]]]:
+    """For ``offload build --per-kernel``, how many more fields the room left holds: the
+    schema's fields, and two builds to measure a field's cost with at the same limits and
+    width: the builtin ``Tiny`` schema (2 fields) and this schema, or the builtin ``Small`` (15
+    fields of most kinds) if this one has too few fields to tell a field's cost from the
+    noise of placement."""
+    limits = int(params["max_bytes"]), int(params["max_repeat"])
+    _, table, _ = _resolve(params)
+    points = []
+    for name in ("tiny", "small"):
+        _, t, _ = _built(convert_param(name), *limits)
+        points.append(({**params, "schema": name}, len(t.fields)))
+    if len(table.fields) >= points[1][1]:
+        points[1] = (dict(params), len(table.fields))
+    return "fields", len(table.fields), (points[0], points[1])
+
+
 SPEC = KernelSpec(
     name="protobuf", id=3, version=1,
     summary="protobuf messages of one proto3 schema: encode records, decode messages",
@@ -809,7 +826,7 @@ SPEC = KernelSpec(
     # both engines but those of repeated fields, with responses short enough for the bounded
     # check to see them end.
     proof_params={"schema": "tiny", "max_bytes": 1, "max_repeat": 1},
-    workload=workload, strategies=strategies, bench=bench,
+    workload=workload, strategies=strategies, bench=bench, fit=fit,
     default=False,  # built for one schema: in a device only when named or given parameters
 )
 
