@@ -80,19 +80,31 @@ class ContractBounds:
         Cycles the contract is checked over (the bounded model check's depth). It must leave
         room for a request to be taken and then for ``latency`` cycles, or a kernel that never
         answers would pass: at least ``latency + 4``.
+    liveness : bool
+        ``False`` checks the safety half only: the depth may then be shorter than
+        ``latency + 4``, so the in-time assertions cannot fail within it, and what is proved is
+        that the kernel keeps the stream rules and never answers more than it was asked, over
+        ``depth`` cycles. For a kernel whose stated latency is too long for a bounded check
+        that deep (the wide protobuf engines); its liveness is then shown by simulation only.
     """
 
     fairness: int = 2
     latency: int = 16
     depth: int = 20
+    liveness: bool = True
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "liveness":
+                if not isinstance(value, bool):
+                    raise ValueError(f"Contract bound liveness must be True or False, not "
+                                     f"{value!r}")
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Contract bound {f.name} must be a positive integer, "
                                  f"not {value!r}")
-        if self.depth < self.latency + 4:
+        if self.liveness and self.depth < self.latency + 4:
             raise ValueError(f"Contract depth must be at least latency + 4 = {self.latency + 4} "
                              f"cycles, or a kernel that never answers would pass; not "
                              f"{self.depth!r}")
@@ -119,7 +131,8 @@ def contract_bounds(kernel: Any, bounds: ContractBounds | None = None) -> Contra
     unknown = set(changes) - {f.name for f in fields(ContractBounds)}
     if unknown:
         raise TypeError(f"Kernel {type(kernel).__name__}'s contract_bounds has no field "
-                        f"{', '.join(sorted(unknown))}; its fields are fairness, latency, depth")
+                        f"{', '.join(sorted(unknown))}; its fields are fairness, latency, depth, "
+                        "liveness")
     # A longer latency alone needs a deeper check to mean anything; make room for it.
     changes.setdefault("depth", max(ContractBounds.depth,
                                     changes.get("latency", ContractBounds.latency) + 4))

@@ -65,6 +65,29 @@ def test_crc32c_one_byte_a_beat_keeps_the_contract(tools):
     assert proof.covers["two_messages"] < proof.depth
 
 
+def test_the_wide_protobuf_engines_keep_the_stream_rules(tools):
+    """The protobuf kernel at 8 bytes a beat (the wide engines), on the Tiny schema: the safety
+    half of the contract. Its stated latency (the decoder's window may hold 32 one-byte
+    messages) is too long for a bounded check that deep, so its liveness is shown by the cocotb
+    and virtual-board runs instead."""
+    from hdl.kernels.protobuf import ProtobufKernel
+    from offload.kernels import protobuf_schema
+
+    kernel = ProtobufKernel(protobuf_schema.load("tiny").table(1, 1), 8)
+    bounds = ContractBounds(latency=kernel.contract_bounds["latency"], depth=24,
+                            liveness=False)
+    proof = prove_contract(kernel, "protobuf-tiny-w8-safety", bounds=bounds)
+    assert proof.passed, _explain(proof)
+    assert proof.covers["two_messages"] < proof.depth
+
+
+def test_a_safety_only_check_still_fails_a_kernel_that_answers_twice(tools):
+    bounds = ContractBounds(latency=100, depth=16, liveness=False)
+    proof = prove_contract(BeatCountKernel(4, "answers_twice"), "beatcount-answers_twice-safety",
+                           bounds=bounds)
+    assert not proof.passed and proof.failed[0] == FLAWS["answers_twice"], _explain(proof)
+
+
 def test_a_kernel_that_keeps_the_contract_passes_whatever_its_fields(tools):
     # The small kernel the broken ones are made from, with an ``op`` field the contract has
     # never heard of in its requests.
@@ -121,6 +144,10 @@ def test_bounds_too_short_for_the_latency_are_refused():
         ContractBounds(latency=20, depth=20)
     with pytest.raises(ValueError, match="fairness"):
         ContractBounds(fairness=0)
+    # The safety half alone may be checked shallower than the latency, and says so.
+    assert not ContractBounds(latency=20, depth=20, liveness=False).liveness
+    with pytest.raises(ValueError, match="liveness"):
+        ContractBounds(liveness=1)
 
 
 class _Blinky(wiring.Component):
