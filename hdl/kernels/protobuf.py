@@ -73,6 +73,33 @@ def _conversion(f: Field) -> int:
         f.type, _RAW)
 
 
+def to_wire(m: Module, conversion, value) -> Signal:
+    """A record's scalar ``value`` (64 bits, zero-extended) as the number its varint carries,
+    by ``conversion`` (a signal or a constant: sign-extended int32 and enum, zigzag, bool)."""
+    out = Signal(64)
+    with m.Switch(conversion):
+        with m.Case(_SIGNED32):
+            m.d.comb += out.eq(value[:32].as_signed())
+        with m.Case(_ZIGZAG32):
+            m.d.comb += out.eq(Cat(0, value[:31]) ^ value[31].replicate(32))
+        with m.Case(_ZIGZAG64):
+            m.d.comb += out.eq(Cat(0, value[:63]) ^ value[63].replicate(64))
+        with m.Case(_BOOL):
+            m.d.comb += out.eq(value.any())
+        with m.Default():
+            m.d.comb += out.eq(value)
+    return out
+
+
+def enclosed_present(fields, present, k: int):
+    """Whether every message field that field ``k`` is inside is present (``present``: a
+    signal or value per message field's index)."""
+    out, p = Const(1), fields[k].parent
+    while p >= 0:
+        out, p = out & present[p], fields[p].parent
+    return out
+
+
 def varint_len(value: int) -> int:
     """Bytes of the varint of ``value`` (0 to 2**64 - 1)."""
     return max(1, -(-value.bit_length() // 7))
@@ -580,11 +607,7 @@ class _Encoder(wiring.Component):
         present = {k: Signal(name=f"present{k}") for k in messages}
 
         def active(k: int):
-            # Every message field that field k is inside is present.
-            out_, p = Const(1), fields[k].parent
-            while p >= 0:
-                out_, p = out_ & present[p], fields[p].parent
-            return out_
+            return enclosed_present(fields, present, k)
 
         # The walk.
         wi = Signal(range(max(1, len(fields))))
@@ -627,18 +650,7 @@ class _Encoder(wiring.Component):
         def bwv(value, then):
             m.d.sync += [state.eq(BWV0), bx.eq(value), bret.eq(then)]
 
-        conv = Signal(64)
-        with m.Switch(e_conv):
-            with m.Case(_SIGNED32):
-                m.d.comb += conv.eq(v[:32].as_signed())
-            with m.Case(_ZIGZAG32):
-                m.d.comb += conv.eq(Cat(0, v[:31]) ^ v[31].replicate(32))
-            with m.Case(_ZIGZAG64):
-                m.d.comb += conv.eq(Cat(0, v[:63]) ^ v[63].replicate(64))
-            with m.Case(_BOOL):
-                m.d.comb += conv.eq(v.any())
-            with m.Default():
-                m.d.comb += conv.eq(v)
+        conv = to_wire(m, e_conv, v)
 
         def step(n, f):
             """Field ``n`` of the walk: its marks, then its value if it is to be written."""

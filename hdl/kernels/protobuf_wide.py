@@ -534,7 +534,7 @@ class WideEncoder(wiring.Component):
         super().__init__({"i_stream": In(byte_stream(width)), "o_stream": Out(byte_stream(width))})
 
     def elaborate(self, platform):
-        from .protobuf import _BOOL, _SIGNED32, _ZIGZAG32, _ZIGZAG64, _conversion, _tag
+        from .protobuf import _conversion, _tag, enclosed_present, to_wire
 
         m = Module()
         t, fields = self.table, self.table.fields
@@ -585,10 +585,7 @@ class WideEncoder(wiring.Component):
         present = {k: rbytes(fields[k].offset, 1).any() for k in messages}
 
         def active(k: int):
-            out, p = Const(1), fields[k].parent
-            while p >= 0:
-                out, p = out & present[p], fields[p].parent
-            return out
+            return enclosed_present(fields, present, k)
 
         # -- the walk ---------------------------------------------------------------------
         wi = Signal(range(max(1, len(fields))))
@@ -616,18 +613,7 @@ class WideEncoder(wiring.Component):
         go = Signal()  # write the group
         m.d.comb += g_end.eq(wptr)
 
-        conv = Signal(64)
-        with m.Switch(e_conv):
-            with m.Case(_SIGNED32):
-                m.d.comb += conv.eq(e_val[:32].as_signed())
-            with m.Case(_ZIGZAG32):
-                m.d.comb += conv.eq(Cat(0, e_val[:31]) ^ e_val[31].replicate(32))
-            with m.Case(_ZIGZAG64):
-                m.d.comb += conv.eq(Cat(0, e_val[:63]) ^ e_val[63].replicate(64))
-            with m.Case(_BOOL):
-                m.d.comb += conv.eq(e_val.any())
-            with m.Default():
-                m.d.comb += conv.eq(e_val)
+        conv = to_wire(m, e_conv, e_val)
         vbytes, vlen = _varint_bytes(m, conv, "value")
         val_bytes = Mux(e_fixed, Cat(e_val, Const(0, 16)), vbytes)
         val_len = Mux(e_fixed, e_size, vlen)
