@@ -13,7 +13,8 @@ offset  size  field        meaning
 ======  ====  ===========  =============================================================
 0       1     ``type``     :data:`PREPARE` (1A), :data:`PROMISE` (1B), :data:`ACCEPT` (2A),
                            :data:`ACCEPTED` (2B), :data:`NACK`, :data:`DELIVER`
-1       1     ``acceptor`` the acceptor that sent it (1B, 2B, NACK); 0 from a proposer
+1       1     ``acceptor`` 1A/2A: the acceptor it is addressed to (0 to 7, the host's
+                           numbering); every answer carries it back
 2       2     ``reserved`` 0
 4       4     ``instance`` the log position
 8       4     ``round``    1A/2A: the proposer's round; 1B: the round promised; 2B: the

@@ -60,22 +60,18 @@ def _check_instance(message: Message, instances: int) -> None:
 
 
 class AcceptorModel:
-    """One acceptor's state and rules (see the module doc).
+    """One acceptor's state and rules (see the module doc). An answer carries the acceptor id
+    its 1A or 2A was addressed to.
 
     Parameters
     ----------
-    acceptor_id : int
-        0 to 7, put in every answer.
     instances : int
         Size of the state table.
     value_bytes : int
         Size of a value.
     """
 
-    def __init__(self, acceptor_id: int, instances: int, value_bytes: int = VALUE_BYTES):
-        if not 0 <= acceptor_id < MAX_ACCEPTORS:
-            raise ValueError(f"An acceptor id is 0 to {MAX_ACCEPTORS - 1}, not {acceptor_id!r}")
-        self.id = acceptor_id
+    def __init__(self, instances: int, value_bytes: int = VALUE_BYTES):
         self.instances = instances
         self.value_bytes = value_bytes
         self.reset()
@@ -94,16 +90,17 @@ class AcceptorModel:
         _check_instance(message, self.instances)
         if message.round == 0:
             raise BadMessage(f"{message}: round 0 is no round")
-        i, r = message.instance, message.round
+        if not 0 <= message.acceptor < MAX_ACCEPTORS:
+            raise BadMessage(f"{message}: acceptor ids are 0 to {MAX_ACCEPTORS - 1}")
+        i, r, me = message.instance, message.round, message.acceptor
         if r < self.promised[i]:
-            return Message(NACK, i, self.promised[i], acceptor=self.id,
-                           value=bytes(self.value_bytes))
+            return Message(NACK, i, self.promised[i], acceptor=me, value=bytes(self.value_bytes))
         self.promised[i] = r
         if message.type == PREPARE:
-            return Message(PROMISE, i, r, self.vround[i], self.value[i], self.id)
+            return Message(PROMISE, i, r, self.vround[i], self.value[i], me)
         self.vround[i] = r
         self.value[i] = message.value.ljust(self.value_bytes, b"\0")
-        return Message(ACCEPTED, i, r, 0, self.value[i], self.id)
+        return Message(ACCEPTED, i, r, 0, self.value[i], me)
 
 
 class LearnerModel:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hdl.kernels.paxos_format import ACCEPTED, DELIVER, PREPARE, Message
 from offload.consensus import LearnerModel, Proposer
@@ -199,7 +199,7 @@ class Schedule:
             if kind == "acceptor":
                 if dest in self.crashed:
                     continue
-                reply = self.acceptors[dest].handle(message)
+                reply = self.acceptors[dest].handle(replace(message, acceptor=dest))
                 self.flight.append(("proposer", pid, pid, reply))
                 if reply.type == ACCEPTED:
                     self.flight.append(("learner", 0, pid, reply))

@@ -61,16 +61,16 @@ def test_rounds_are_unique_to_a_proposer_and_grow():
 
 
 def test_acceptor_promises_and_votes_by_the_rules():
-    a = AcceptorModel(2, 4, V)
-    p = a.handle(Message(PREPARE, 1, 5))
+    a = AcceptorModel(4, V)
+    p = a.handle(Message(PREPARE, 1, 5, acceptor=2))
     assert (p.type, p.round, p.vround, p.acceptor) == (PROMISE, 5, 0, 2)
     # The same round again (a retransmission): promised again (>=), nothing changes.
-    assert a.handle(Message(PREPARE, 1, 5)).type == PROMISE
+    assert a.handle(Message(PREPARE, 1, 5, acceptor=2)).type == PROMISE
     # Lower: NACK with the promise.
-    n = a.handle(Message(PREPARE, 1, 4))
+    n = a.handle(Message(PREPARE, 1, 4, acceptor=2))
     assert (n.type, n.round) == (NACK, 5)
-    assert a.handle(Message(ACCEPT, 1, 4, 0, value("x"))) == Message(NACK, 1, 5, 0, bytes(V), 2)
-    v = a.handle(Message(ACCEPT, 1, 5, 0, value("v")))
+    assert a.handle(Message(ACCEPT, 1, 4, 0, value("x"), 2)) == Message(NACK, 1, 5, 0, bytes(V), 2)
+    v = a.handle(Message(ACCEPT, 1, 5, 0, value("v"), 2))
     assert (v.type, v.round, v.value) == (ACCEPTED, 5, value("v"))
     # A later prepare sees the vote.
     p = a.handle(Message(PREPARE, 1, 9))
@@ -86,10 +86,11 @@ def test_acceptor_promises_and_votes_by_the_rules():
     (Message(PREPARE, 4, 1), "outside the table"),
     (Message(PROMISE, 0, 1), "takes 1A and 2A"),
     (Message(PREPARE, 0, 0), "round 0"),
+    (Message(PREPARE, 0, 1, acceptor=8), "acceptor ids"),
 ])
 def test_acceptor_refuses_what_it_cannot_take(bad, why):
     with pytest.raises(BadMessage, match=why):
-        AcceptorModel(0, 4, V).handle(bad)
+        AcceptorModel(4, V).handle(bad)
 
 
 @pytest.mark.parametrize("acceptors", [1, 3, 5, 7])

@@ -17,7 +17,7 @@ def _schedules(config) -> int:
 
 
 def _acceptors(n: int, instances: int, broken: int | None = None) -> list:
-    return [(BelowPromise if k == broken else AcceptorModel)(k, instances, VALUE_BYTES)
+    return [(BelowPromise if k == broken else AcceptorModel)(instances, VALUE_BYTES)
             for k in range(n)]
 
 
@@ -30,7 +30,7 @@ class BelowPromise(AcceptorModel):
             i = message.instance
             self.vround[i] = message.round
             self.value[i] = message.value.ljust(self.value_bytes, b"\0")
-            return Message(ACCEPTED, i, message.round, 0, self.value[i], self.id)
+            return Message(ACCEPTED, i, message.round, 0, self.value[i], message.acceptor)
         return reply
 
 
