@@ -88,6 +88,11 @@ def pack(message: Message, value_bytes: int = VALUE_BYTES) -> bytes:
     """``message`` in the layout; its value zero-padded to ``value_bytes``."""
     if len(message.value) > value_bytes:
         raise ValueError(f"A value is at most {value_bytes} bytes, not {len(message.value)}")
+    for name, high in (("type", 0xFF), ("acceptor", 0xFF), ("instance", 0xFFFF_FFFF),
+                       ("round", 0xFFFF_FFFF), ("vround", 0xFFFF_FFFF)):
+        if not 0 <= getattr(message, name) <= high:
+            raise ValueError(f"A message's {name} is 0 to {high}, not "
+                             f"{getattr(message, name)!r}")
     return (_HEADER.pack(message.type, message.acceptor, 0, message.instance, message.round,
                          message.vround) + message.value.ljust(value_bytes, b"\0"))
 

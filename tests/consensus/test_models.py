@@ -50,6 +50,8 @@ def test_layout_bytes_are_little_endian_at_their_offsets():
         pack(Message(ACCEPT, 0, 1, 0, bytes(33)))
     with pytest.raises(ValueError, match="whole number"):
         unpack_all(raw[:-1])
+    with pytest.raises(ValueError, match="round is 0 to"):
+        pack(Message(ACCEPT, 0, 1 << 32))
 
 
 def test_rounds_are_unique_to_a_proposer_and_grow():
