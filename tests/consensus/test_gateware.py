@@ -1,7 +1,7 @@
-"""The acceptor's gateware (``hdl/kernels/paxos.py``) against its CPU model, in Amaranth's
-simulator with random idle input and backpressure: the same answers to the same batches,
-the same requests refused (bad messages, batches that end inside a message), and the state
-kept from batch to batch as the model keeps it."""
+"""The acceptor's and learner's gateware (``hdl/kernels/paxos.py``) against their CPU models,
+in Amaranth's simulator with random idle input and backpressure: the same answers to the same
+batches, the same requests refused (bad messages, batches that end inside a message), and the
+state kept from batch to batch as the models keep it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from hdl.kernels.paxos import PaxosAcceptor
+from hdl.kernels.paxos import PaxosAcceptor, PaxosLearner
 from hdl.kernels.paxos_format import (
     ACCEPT,
+    ACCEPTED,
     PREPARE,
     PROMISE,
     Message,
@@ -20,34 +21,45 @@ from hdl.kernels.paxos_format import (
     pack,
     unpack,
 )
-from offload.consensus import AcceptorModel, BadMessage
+from offload.consensus import AcceptorModel, BadMessage, LearnerModel
 
 INSTANCES = 4
+QUORUM = 3
+
+ROLES = {
+    "acceptor": (lambda width: PaxosAcceptor(INSTANCES, 32, width),
+                 lambda: AcceptorModel(INSTANCES), [PREPARE, ACCEPT], PROMISE),
+    "learner": (lambda width: PaxosLearner(INSTANCES, QUORUM, 32, width),
+                lambda: LearnerModel(QUORUM, INSTANCES), [ACCEPTED], PREPARE),
+}
 
 
-def model_answer(model: AcceptorModel, data: bytes) -> tuple[bytes, bool]:
+def model_answer(model, data: bytes) -> tuple[bytes, bool]:
     """The answers to a batch, as the gateware gives them: up to the first message it cannot
     take (or a trailing part of one), then the error."""
     out, size = bytearray(), message_bytes()
     for k in range(0, len(data) - len(data) % size, size):
         try:
-            out += pack(model.handle(unpack(data[k:k + size])))
+            answer = model.handle(unpack(data[k:k + size]))
         except BadMessage:
             return bytes(out), True
+        if answer is not None:
+            out += pack(answer)
     return bytes(out), len(data) % size != 0
 
 
-def batches(seed: int, count: int) -> list[bytes]:
-    """Random batches: mostly good 1A/2A messages over a few instances and rounds (so promises
-    and NACKs both come), some bad ones, some cut short, some empty."""
+def batches(seed: int, count: int, kinds: list[int], wrong: int) -> list[bytes]:
+    """Random batches: mostly good messages of ``kinds`` over a few instances, rounds and
+    acceptors (so every rule is met), some bad ones (``wrong`` kind, an instance outside, round
+    0, acceptor 8), some cut short, some empty."""
     rng = random.Random(seed)
 
     def message() -> Message:
-        kind = PROMISE if rng.random() < 0.03 else rng.choice([PREPARE, ACCEPT])
+        kind = wrong if rng.random() < 0.03 else rng.choice(kinds)
         instance = INSTANCES + rng.randrange(3) if rng.random() < 0.03 else \
             rng.randrange(INSTANCES)
         round_ = 0 if rng.random() < 0.03 else rng.choice([1, 2, 3, 5, 8, 9, 0xFFFF_FFFF])
-        acceptor = 8 if rng.random() < 0.03 else rng.randrange(3)
+        acceptor = 8 if rng.random() < 0.03 else rng.randrange(5)
         return Message(kind, instance, round_, 0, rng.randbytes(rng.randrange(33)), acceptor)
 
     out = []
@@ -59,8 +71,7 @@ def batches(seed: int, count: int) -> list[bytes]:
     return out
 
 
-def run_gateware(requests: list[bytes], width: int, seed: int) -> list[tuple[bytes, bool]]:
-    dut = PaxosAcceptor(INSTANCES, 32, width)
+def run_gateware(dut, requests: list[bytes], width: int, seed: int) -> list[tuple[bytes, bool]]:
     answers: list[tuple[bytes, bool]] = []
 
     async def testbench(ctx):
@@ -101,15 +112,18 @@ def run_gateware(requests: list[bytes], width: int, seed: int) -> list[tuple[byt
 
 
 @pytest.mark.parametrize("width", [8, 2])
-def test_acceptor_gateware_answers_as_the_model(width):
-    requests = batches(width, 60)
-    model = AcceptorModel(INSTANCES)
+@pytest.mark.parametrize("role", list(ROLES))
+def test_gateware_answers_as_the_model(role, width):
+    make, model_of, kinds, wrong = ROLES[role]
+    requests = batches(width, 80, kinds, wrong)
+    model = model_of()
     want = [model_answer(model, r) for r in requests]
-    got = run_gateware(requests, width, seed=width)
-    wrong = [k for k, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
-    assert not wrong, f"batches {wrong} answered otherwise than the model"
-    # Not vacuous: the batches held promises, votes, NACKs and refusals.
-    kinds = {m.type for data, _ in want for m in (unpack(data[k:k + message_bytes()])
-                                                  for k in range(0, len(data), message_bytes()))}
-    assert kinds == {2, 4, 5}
+    got = run_gateware(make(width), requests, width, seed=width)
+    bad = [k for k, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
+    assert not bad, f"batches {bad} answered otherwise than the model"
+    # Not vacuous: the answers hold every kind of answer, and some requests are refused.
+    size = message_bytes()
+    answered = {unpack(data[k:k + size]).type for data, _ in want
+                for k in range(0, len(data), size)}
+    assert answered == ({2, 4, 5} if role == "acceptor" else {6})
     assert any(error for _, error in want) and not all(error for _, error in want)
