@@ -129,6 +129,8 @@ class _MessageTable(wiring.Component):
                 with m.If(got == beats):
                     m.d.comb += rp.en.eq(1)
                     m.d.sync += state.eq(READ)
+                with m.Elif(beat & (i.payload.op != 0)):
+                    fail()  # an operation the role does not have
                 with m.Elif(beat & (i.payload.nbytes == w)):
                     m.d.sync += [msg.eq(Cat(msg[8 * w:], i.payload.data)), got.eq(got + 1)]
                 with m.Elif(beat & (i.payload.nbytes != 0)):

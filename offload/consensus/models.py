@@ -46,17 +46,35 @@ from hdl.kernels.paxos_format import (
     Message,
 )
 
-__all__ = ["AcceptorModel", "LearnerModel", "BadMessage"]
+__all__ = ["AcceptorModel", "LearnerModel", "BadMessage", "refusal"]
 
 
 class BadMessage(ValueError):
     """A message the acceptor or learner cannot take; says which and why."""
 
 
-def _check_instance(message: Message, instances: int) -> None:
+def refusal(message: Message, takes: tuple[int, ...], instances: int) -> str | None:
+    """Why a role that takes messages of the types ``takes`` and has ``instances`` rows cannot
+    take ``message``, or None if it can. It depends on the message alone, never on the state,
+    so every device names the same message for the same request."""
+    if message.type not in takes:
+        names = " and ".join(TYPE_NAMES[t].split()[0] for t in takes)
+        return (f"{message}: it takes {names} messages, not "
+                f"{TYPE_NAMES.get(message.type, f'type {message.type}')}")
     if not 0 <= message.instance < instances:
-        raise BadMessage(f"{message}: instance {message.instance} is outside the table of "
-                         f"{instances} instances")
+        return (f"{message}: instance {message.instance} is outside the table of {instances} "
+                "instances")
+    if message.round == 0:
+        return f"{message}: round 0 is no round"
+    if not 0 <= message.acceptor < MAX_ACCEPTORS:
+        return f"{message}: acceptor ids are 0 to {MAX_ACCEPTORS - 1}"
+    return None
+
+
+def _check(message: Message, takes: tuple[int, ...], instances: int) -> None:
+    why = refusal(message, takes, instances)
+    if why is not None:
+        raise BadMessage(why)
 
 
 class AcceptorModel:
@@ -84,14 +102,7 @@ class AcceptorModel:
 
     def handle(self, message: Message) -> Message:
         """The answer to one 1A or 2A."""
-        if message.type not in (PREPARE, ACCEPT):
-            raise BadMessage(f"{message}: an acceptor takes 1A and 2A messages, not "
-                             f"{TYPE_NAMES.get(message.type, f'type {message.type}')}")
-        _check_instance(message, self.instances)
-        if message.round == 0:
-            raise BadMessage(f"{message}: round 0 is no round")
-        if not 0 <= message.acceptor < MAX_ACCEPTORS:
-            raise BadMessage(f"{message}: acceptor ids are 0 to {MAX_ACCEPTORS - 1}")
+        _check(message, (PREPARE, ACCEPT), self.instances)
         i, r, me = message.instance, message.round, message.acceptor
         if r < self.promised[i]:
             return Message(NACK, i, self.promised[i], acceptor=me, value=bytes(self.value_bytes))
@@ -132,14 +143,7 @@ class LearnerModel:
 
     def handle(self, message: Message) -> Message | None:
         """A 2B in: the DELIVER it completes, or None."""
-        if message.type != ACCEPTED:
-            raise BadMessage(f"{message}: a learner takes 2B messages, not "
-                             f"{TYPE_NAMES.get(message.type, f'type {message.type}')}")
-        _check_instance(message, self.instances)
-        if message.round == 0:
-            raise BadMessage(f"{message}: round 0 is no round")
-        if not 0 <= message.acceptor < MAX_ACCEPTORS:
-            raise BadMessage(f"{message}: acceptor ids are 0 to {MAX_ACCEPTORS - 1}")
+        _check(message, (ACCEPTED,), self.instances)
         i, r = message.instance, message.round
         if self.delivered[i] or r < self.round[i]:
             return None

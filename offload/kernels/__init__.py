@@ -319,9 +319,9 @@ def same_result(a: Any, b: Any) -> bool:
 
 
 def _builtin() -> list[KernelSpec]:
-    from . import crc32c, protobuf, varint
+    from . import crc32c, paxos, protobuf, varint
 
-    return [crc32c.SPEC, varint.SPEC, protobuf.SPEC]
+    return [crc32c.SPEC, varint.SPEC, protobuf.SPEC, paxos.ACCEPTOR, paxos.LEARNER]
 
 
 def _plugins() -> list[KernelSpec]:

@@ -1,10 +1,13 @@
 """The acceptor's and learner's gateware (``hdl/kernels/paxos.py``) against their CPU models,
-in Amaranth's simulator with random idle input and backpressure: the same answers to the same
-batches, the same requests refused (bad messages, batches that end inside a message), and the
-state kept from batch to batch as the models keep it."""
+in Amaranth's simulator and under Verilator (cocotb, the shared ``tests/cocotb_requests.py``
+testbench), with random idle input and backpressure: the same answers to the same batches, the
+same requests refused (bad messages, batches that end inside a message, another opcode), and
+the state kept from batch to batch as the models keep it."""
 
 from __future__ import annotations
 
+import functools
+import json
 import random
 
 import pytest
@@ -127,3 +130,55 @@ def test_gateware_answers_as_the_model(role, width):
                 for k in range(0, len(data), size)}
     assert answered == ({2, 4, 5} if role == "acceptor" else {6})
     assert any(error for _, error in want) and not all(error for _, error in want)
+
+
+# -- under Verilator ---------------------------------------------------------------------------
+
+COCOTB_TESTS = 9  # the testbench's eight idle/backpressure runs and its mutations run
+
+
+def requests_document(role: str, width: int, path: str) -> dict:
+    """The testbench's requests for ``role``: each run a fresh model's answers through the
+    run's batches (every cocotb test starts from a reset), some batches ending with an empty
+    beat, some of another opcode; and mutated batches (random bytes changed) as the last
+    run."""
+    _, model_of, kinds, wrong = ROLES[role]
+    rng = random.Random(width)
+    runs = []
+    for run in range(COCOTB_TESTS):
+        model = model_of()
+        requests = []
+        for n, data in enumerate(batches(100 * width + run, 25, kinds, wrong)):
+            if run == COCOTB_TESTS - 1 and data:  # the mutations run
+                data = bytearray(data)
+                for _ in range(rng.randrange(1, 4)):
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+                data = bytes(data)
+            op = 1 if rng.random() < 0.04 else 0
+            out, error = model_answer(model, data) if op == 0 else (b"", True)
+            requests.append({"op": op, "data": data.hex(), "tail": rng.random() < 0.2,
+                             "want": out.hex(), "error": error, "what": f"batch {n}"})
+        runs.append(requests)
+    document = {"width": width, "runs": runs[:-1], "mutations": runs[-1]}
+    with open(path, "w") as f:
+        json.dump(document, f)
+    return document
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_cocotb(role, tmp_path):
+    pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
+    from sim.cocotb_runner import run_cocotb
+    from sim.toolchain import ToolchainError
+
+    path = str(tmp_path / "requests.json")
+    document = requests_document(role, 8, path)
+    try:
+        result = run_cocotb(functools.partial(ROLES[role][0], 8), f"paxos_{role}_i{INSTANCES}",
+                            "tests.cocotb_requests", tmp_path, parameters={"requests": path},
+                            timeout_s=300)
+    except ToolchainError as exc:
+        pytest.skip(f"cocotb needs Verilator: {exc}")
+    assert result.tests == COCOTB_TESTS and result.skipped == 0
+    refused = sum(r["error"] for run in document["runs"] for r in run)
+    assert 0 < refused < sum(len(run) for run in document["runs"])

@@ -86,7 +86,7 @@ def test_acceptor_promises_and_votes_by_the_rules():
 
 @pytest.mark.parametrize("bad, why", [
     (Message(PREPARE, 4, 1), "outside the table"),
-    (Message(PROMISE, 0, 1), "takes 1A and 2A"),
+    (Message(PROMISE, 0, 1), "takes 1A and 2A messages, not 1B"),
     (Message(PREPARE, 0, 0), "round 0"),
     (Message(PREPARE, 0, 1, acceptor=8), "acceptor ids"),
 ])
@@ -121,7 +121,8 @@ def test_learner_resets_on_a_higher_round_and_ignores_lower():
 
 def test_learner_refuses_what_it_cannot_take():
     learner = LearnerModel(2, 1, V)
-    for bad, why in ((Message(PROMISE, 0, 1), "takes 2B"), (Message(ACCEPTED, 1, 1), "outside"),
+    for bad, why in ((Message(PROMISE, 0, 1), "takes 2B messages"),
+                     (Message(ACCEPTED, 1, 1), "outside"),
                      (Message(ACCEPTED, 0, 1, acceptor=8), "acceptor ids"),
                      (Message(ACCEPTED, 0, 0), "round 0")):
         with pytest.raises(BadMessage, match=why):

@@ -81,18 +81,6 @@ def test_the_wide_protobuf_engines_keep_the_stream_rules(tools):
     assert proof.covers["two_messages"] < proof.depth
 
 
-@pytest.mark.parametrize("role", ["acceptor", "learner"])
-def test_the_paxos_roles_keep_the_contract(tools, role):
-    """The Paxos acceptor and learner (not yet registered kernels), with a two-row table: the
-    whole contract, the clearing after reset included."""
-    from hdl.kernels.paxos import PaxosAcceptor, PaxosLearner
-
-    kernel = PaxosAcceptor(2) if role == "acceptor" else PaxosLearner(2, quorum=2)
-    proof = prove_contract(kernel, f"paxos-{role}-2")
-    assert proof.passed, _explain(proof)
-    assert proof.covers["two_messages"] < proof.depth
-
-
 def test_a_safety_only_check_still_fails_a_kernel_that_answers_twice(tools):
     bounds = ContractBounds(latency=100, depth=16, liveness=False)
     proof = prove_contract(BeatCountKernel(4, "answers_twice"), "beatcount-answers_twice-safety",

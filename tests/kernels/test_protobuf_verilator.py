@@ -3,12 +3,13 @@ stream harness.
 
 The requests are made here, in the pytest process, and answered by the CPU model
 (:class:`offload.kernels.protobuf.ProtobufModel`); the cocotb testbench
-(``cocotb_protobuf.py``) only drives them into the gateware, under idle gaps and backpressure,
-and compares the responses with the model's, byte for byte and ``error`` flag. They go to it
-in a JSON file named by ``$OFFLOAD_REQUESTS``. Before a request is handed over, the model's
-answer is itself checked where there is an answer independent of it: a good request's
-response must be what the ``protobuf`` package gives for the messages it was made from, and
-a malformed one must be refused at the message or record it was built to be refused at.
+(``tests/cocotb_requests.py``) only drives them into the gateware, under idle gaps and
+backpressure, and compares the responses with the model's, byte for byte and ``error`` flag.
+They go to it in a JSON file named by ``$OFFLOAD_REQUESTS``. Before a request is handed over,
+the model's answer is itself checked where there is an answer independent of it: a good
+request's response must be what the ``protobuf`` package gives for the messages it was made
+from, and a malformed one must be refused at the message or record it was built to be refused
+at.
 
 What is sent, for the builtin ``small`` schema (``max_bytes`` 8, ``max_repeat`` 3, so strings
 and repeated fields are at their limits often) and ``blob`` (bytes-heavy, ``max_bytes`` 64):
@@ -57,7 +58,7 @@ from offload.kernels.protobuf import ProtobufModel, read_varint
 from sim import toolchain
 from sim.toolchain import ToolchainError
 
-TESTBENCH = "tests.kernels.cocotb_protobuf"
+TESTBENCH = "tests.cocotb_requests"
 
 #: The limits each builtin schema is built with here: (max_bytes, max_repeat).
 LIMITS = {"small": (8, 3), "blob": (64, 3)}

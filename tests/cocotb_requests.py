@@ -1,13 +1,17 @@
-"""cocotb testbench of the protobuf kernel (``hdl/kernels/protobuf.py``) under Verilator.
+"""cocotb testbench of any kernel from a document of requests and its CPU model's answers,
+under Verilator.
 
-Run by ``tests/kernels/test_protobuf_verilator.py`` through
-:func:`sim.cocotb_runner.run_cocotb`, which makes the requests and the CPU model's answers
-(``offload/kernels/protobuf.py``) and hands them over in the JSON file named by
-``$OFFLOAD_REQUESTS``: ``runs``, a list of requests for each idle/backpressure run below, and
-``mutations``. Each request is a dict: ``op`` (the opcode), ``data`` (hex), ``tail`` (end it
-with an empty last beat after the data), ``want`` (hex) and ``error`` (the model's answer),
-``what`` (for messages). This side only drives the requests and compares every response with
-the model's, byte for byte and ``error`` flag; so it needs no protobuf code and no schema.
+Run through :func:`sim.cocotb_runner.run_cocotb` by a kernel's tests (the protobuf kernel's in
+``tests/kernels/test_protobuf_verilator.py``, the Paxos roles' in
+``tests/consensus/test_gateware.py``), which make the requests and the CPU model's answers and
+hand them over in the JSON file named by ``$OFFLOAD_REQUESTS``: ``width`` (the kernel's beat),
+``runs``, a list of requests for each idle/backpressure run below, and ``mutations``. Each
+request is a dict: ``op`` (the opcode), ``data`` (hex), ``tail`` (end it with an empty last
+beat after the data), ``want`` (hex) and ``error`` (the model's answer), ``what`` (for
+messages). Every test starts from a reset, so a stateful kernel's answers in a run are the
+model's from a fresh state through that run's requests. This side only drives the requests and
+compares every response with the model's, byte for byte and ``error`` flag; so it knows
+nothing of any kernel.
 
 The stream models, the stream-rule check and the idle and backpressure patterns are the shared
 ones of ``tests/cocotb_streams.py``, with one more here, :func:`heavy`.
@@ -55,7 +59,7 @@ def document() -> dict:
         return json.load(f)
 
 
-class ProtobufTB(TB):
+class RequestsTB(TB):
     """The shared testbench shape, on the kernel's request and byte streams (of the width the
     requests' document names)."""
 
@@ -122,7 +126,7 @@ async def run_test(dut, idle_inserter, backpressure_inserter):
     """Good requests of both operations, interleaved with malformed ones, unknown opcodes,
     empty requests and requests ending with an empty beat, under one idle/backpressure
     pattern each."""
-    tb = ProtobufTB(dut)
+    tb = RequestsTB(dut)
     tb.set_idle_generator(idle_inserter)
     tb.set_backpressure_generator(backpressure_inserter)
     await tb.reset()
@@ -132,7 +136,7 @@ async def run_test(dut, idle_inserter, backpressure_inserter):
 @cocotb.test()
 async def mutations(dut):
     """Random byte mutations of good decode requests, each answered as the model does."""
-    tb = ProtobufTB(dut)
+    tb = RequestsTB(dut)
     tb.set_idle_generator(bursty)
     tb.set_backpressure_generator(random_50)
     await tb.reset()

@@ -1,0 +1,188 @@
+"""The Paxos acceptor and learner kernels: ``paxos_acceptor`` and ``paxos_learner``.
+
+Each has one operation, ``handle``: a batch of messages (:class:`~hdl.kernels.paxos_format.
+Message`, or one alone) is one streamed request; the answer is a list of messages (one alone
+for one alone). The acceptor answers every 1A and 2A (a 1B, a 2B or a NACK); the learner takes
+2B messages and answers with a DELIVER for each that completes a quorum, so its list may be
+shorter than the batch, or empty. The rules are :mod:`offload.consensus.models`', the gateware
+:mod:`hdl.kernels.paxos`.
+
+Both keep state on the device (``stateful``): their calls never fall back to the CPU and are
+never run twice, and ``device.reset(name)`` clears every instance. A message the role cannot
+take (:func:`~offload.consensus.models.refusal`: another type, an instance outside the table,
+round 0, an acceptor id of 8 or more) is a :class:`~offload.KernelError` naming it; the
+messages before it have taken effect, those after it have not.
+
+Values are 32 bytes (:data:`~hdl.kernels.paxos_format.VALUE_BYTES`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from hdl.kernels.paxos_format import (
+    ACCEPT,
+    ACCEPTED,
+    PREPARE,
+    VALUE_BYTES,
+    Message,
+    message_bytes,
+    pack,
+    unpack,
+    unpack_all,
+)
+
+from ..consensus.models import AcceptorModel, BadMessage, LearnerModel, refusal
+from . import KernelSpec, Operation, Param, Response
+
+__all__ = ["ACCEPTOR", "LEARNER"]
+
+SIZE = message_bytes(VALUE_BYTES)
+#: Answer bytes the gateware may hold from one frame into the next: the answer going out, the
+#: one being decided, and a message begun but not whole.
+HOLDBACK = 2 * SIZE + SIZE - 1
+
+
+class _Model:
+    """The CPU path of a role: its model over a batch, answering as the gateware does."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def reset(self) -> None:
+        self.model.reset()
+
+    def run(self, op: str, request: bytes) -> Response:
+        if op != "handle":
+            return Response(b"", error=True)
+        out = bytearray()
+        whole = len(request) - len(request) % SIZE
+        for k in range(0, whole, SIZE):
+            try:
+                answer = self.model.handle(unpack(request[k:k + SIZE]))
+            except BadMessage:
+                return Response(bytes(out), error=True)
+            if answer is not None:
+                out += pack(answer)
+        return Response(bytes(out), error=whole != len(request))
+
+
+def acceptor_model(params: Mapping[str, int]) -> _Model:
+    return _Model(AcceptorModel(int(params["instances"])))
+
+
+def learner_model(params: Mapping[str, int]) -> _Model:
+    return _Model(LearnerModel(int(params["quorum"]), int(params["instances"])))
+
+
+def _messages(messages) -> list[Message]:
+    batch = [messages] if isinstance(messages, Message) else messages
+    if not isinstance(batch, (list, tuple)) or not all(isinstance(m, Message) for m in batch):
+        raise TypeError("handle takes a Message or a list of them "
+                        "(hdl.kernels.paxos_format.Message)")
+    return list(batch)
+
+
+def encode(params, messages) -> list[bytes]:
+    """One request: the batch's messages packed (values up to 32 bytes, zero-padded)."""
+    return [b"".join(pack(m) for m in _messages(messages))]
+
+
+def decode(params, responses, messages):
+    answers = unpack_all(responses[0])
+    return answers[0] if isinstance(messages, Message) and answers else \
+        (None if isinstance(messages, Message) else answers)
+
+
+def _error(takes: tuple[int, ...]):
+    def error(params, response: Response, messages) -> str:
+        for number, message in enumerate(_messages(messages)):
+            why = refusal(message, takes, int(params["instances"]))
+            if why is not None:
+                return f"message {number}: {why}"
+        return "the request was refused"
+    return error
+
+
+def _operation(takes: tuple[int, ...], doc: str) -> Operation:
+    return Operation("handle", encode, decode, max_response=lambda params, n: n,
+                     error=_error(takes), expansion=1.0, holdback=HOLDBACK, doc=doc)
+
+
+def _random_message(rng: random.Random, kinds, instances: int, acceptors: int) -> Message:
+    return Message(rng.choice(kinds), rng.randrange(instances), rng.choice([1, 2, 3, 257, 258]),
+                   0, rng.randbytes(rng.randrange(VALUE_BYTES + 1)), rng.randrange(acceptors))
+
+
+def _workload(kinds, acceptors: int):
+    def workload(params, size: int, rng: random.Random) -> tuple[str, tuple]:
+        count = max(1, size // SIZE)
+        instances = int(params["instances"])
+        return "handle", ([_random_message(rng, kinds, instances, acceptors)
+                           for _ in range(count)],)
+    return workload
+
+
+def _strategies(kinds):
+    def strategies(params) -> dict:
+        from hypothesis import strategies as st
+
+        instances = int(params["instances"])
+        # Mostly messages the role takes, over a few instances and rounds (so that promises,
+        # votes, NACKs and deliveries all come); now and then one it refuses.
+        good = st.builds(Message, st.sampled_from(kinds), st.integers(0, min(instances, 4) - 1),
+                         st.sampled_from([1, 2, 3, 257, 258]), st.just(0),
+                         st.binary(max_size=VALUE_BYTES), st.integers(0, 4))
+        bad = st.builds(Message, st.integers(0, 7), st.integers(0, instances + 2),
+                        st.integers(0, 3), st.just(0), st.binary(max_size=VALUE_BYTES),
+                        st.integers(0, 9))
+        message = st.one_of(good, good, good, good, bad)
+        return {"handle": st.one_of(good.map(lambda m: (m,)),
+                                    st.lists(message, max_size=24).map(lambda b: (b,)))}
+    return strategies
+
+
+def bench(params, op: str, args: tuple) -> dict:
+    """The bench's rates per message: the workload's batch is its messages."""
+    (messages,) = args
+    return {"items": len(messages), "unit": "messages", "rows": []}
+
+
+_WIDTH = Param(8, "bytes per beat", choices=(1, 2, 4, 8))
+
+ACCEPTOR = KernelSpec(
+    name="paxos_acceptor", id=4, version=1,
+    summary="a Paxos acceptor: 1A/2A messages in, 1B/2B/NACK out, state per instance",
+    gateware="hdl.kernels.paxos:PaxosAcceptor",
+    model=acceptor_model,
+    operations=(_operation((PREPARE, ACCEPT), "1A and 2A messages to their answers"),),
+    params={"instances": Param(256, "log positions (rows of promised round, voted round and "
+                                    "value)", low=1, high=4096),
+            "width": _WIDTH},
+    board_params={"icebreaker": {"instances": 64, "width": 8}},
+    # The table is cleared a row a cycle after a reset: two rows run the same logic.
+    proof_params={"instances": 2},
+    stateful=True,
+    default=False,  # a consensus device is built as one: named, with its own sizes
+    workload=_workload((PREPARE, ACCEPT), 3), strategies=_strategies((PREPARE, ACCEPT)),
+    bench=bench,
+)
+
+LEARNER = KernelSpec(
+    name="paxos_learner", id=5, version=1,
+    summary="a Paxos learner: 2B messages in, a DELIVER for each instance decided",
+    gateware="hdl.kernels.paxos:PaxosLearner",
+    model=learner_model,
+    operations=(_operation((ACCEPTED,), "2B messages to the deliveries they complete"),),
+    params={"instances": Param(256, "log positions", low=1, high=4096),
+            "quorum": Param(2, "votes of one round that decide (a majority of the acceptors)",
+                            low=1, high=8),
+            "width": _WIDTH},
+    board_params={"icebreaker": {"instances": 64, "width": 8}},
+    proof_params={"instances": 2},
+    stateful=True,
+    default=False,
+    workload=_workload((ACCEPTED,), 3), strategies=_strategies((ACCEPTED,)),
+    bench=bench,
+)
