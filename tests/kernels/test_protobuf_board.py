@@ -76,9 +76,9 @@ def _check_schema(schema, data, width: int = 1) -> None:
             assert dev.protobuf.encode(msgs) == wire
 
 
-@pytest.mark.parametrize("name", ["small", "blob"])
-def test_builtin_schema_on_a_wide_virtual_board(name):
-    schema = ps.load(name)
+def test_the_bytes_heavy_schema_on_a_wide_virtual_board():
+    # (Small at width 8 is on the board of the malformed-input tests below.)
+    schema = ps.load("blob")
 
     @settings(max_examples=3, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
