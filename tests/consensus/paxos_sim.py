@@ -24,7 +24,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
-from hdl.kernels.paxos_format import ACCEPTED, DELIVER, PREPARE, Message
+from hdl.kernels.paxos_format import ACCEPTED, DELIVER, PROMISE, Message
 from offload.consensus import LearnerModel, Proposer
 
 VALUE_BYTES = 32
@@ -70,7 +70,7 @@ class _Watched:
                                  f"instance {i}, below its promise {before}")
             self.promised[i] = max(before, reply.round)
             self.sim.voted(self.number, reply)
-        elif reply.type == PREPARE + 1:  # a promise
+        elif reply.type == PROMISE:
             if reply.round < before:
                 self.sim.violate("promise_decreased",
                                  f"acceptor {self.number} promised round {reply.round} of "

@@ -24,31 +24,25 @@ from hdl.kernels.paxos_format import (
     pack,
     unpack,
 )
-from offload.consensus import AcceptorModel, BadMessage, LearnerModel
+from offload.kernels.paxos import acceptor_model, learner_model
 
 INSTANCES = 4
 QUORUM = 3
 
 ROLES = {
     "acceptor": (lambda width: PaxosAcceptor(INSTANCES, 32, width),
-                 lambda: AcceptorModel(INSTANCES), [PREPARE, ACCEPT], PROMISE),
+                 lambda: acceptor_model({"instances": INSTANCES}), [PREPARE, ACCEPT], PROMISE),
     "learner": (lambda width: PaxosLearner(INSTANCES, QUORUM, 32, width),
-                lambda: LearnerModel(QUORUM, INSTANCES), [ACCEPTED], PREPARE),
+                lambda: learner_model({"instances": INSTANCES, "quorum": QUORUM}), [ACCEPTED],
+                PREPARE),
 }
 
 
 def model_answer(model, data: bytes) -> tuple[bytes, bool]:
-    """The answers to a batch, as the gateware gives them: up to the first message it cannot
-    take (or a trailing part of one), then the error."""
-    out, size = bytearray(), message_bytes()
-    for k in range(0, len(data) - len(data) % size, size):
-        try:
-            answer = model.handle(unpack(data[k:k + size]))
-        except BadMessage:
-            return bytes(out), True
-        if answer is not None:
-            out += pack(answer)
-    return bytes(out), len(data) % size != 0
+    """The kernel's CPU path's answer to a batch (up to the first message it cannot take, or
+    a trailing part of one, then the error), as a pair."""
+    response = model.run("handle", data)
+    return response.data, response.error
 
 
 def batches(seed: int, count: int, kinds: list[int], wrong: int) -> list[bytes]:

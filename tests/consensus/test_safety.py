@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from hdl.kernels.paxos_format import ACCEPTED, NACK, Message
+from hdl.kernels.paxos_format import ACCEPT, ACCEPTED, NACK, Message
 from offload.consensus import AcceptorModel
 
 from .paxos_sim import VALUE_BYTES, Faults, Schedule
@@ -26,7 +26,7 @@ class BelowPromise(AcceptorModel):
 
     def handle(self, message: Message) -> Message:
         reply = super().handle(message)
-        if reply.type == NACK and message.type == ACCEPTED - 1:  # a 2A it should refuse
+        if reply.type == NACK and message.type == ACCEPT:  # a 2A it should refuse
             i = message.instance
             self.vround[i] = message.round
             self.value[i] = message.value.ljust(self.value_bytes, b"\0")
