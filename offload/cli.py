@@ -300,6 +300,88 @@ def _check_port_free(port: int) -> None:
                                "another --port, or 0 for any free one") from None
 
 
+@main.group("demo")
+def demo_cmd() -> None:
+    """Demonstrations that run end to end on virtual boards (or on boards you name)."""
+
+
+@demo_cmd.command("paxos")
+@click.option("--acceptors", type=click.IntRange(1, 8), default=3, show_default=True,
+              help="Acceptor virtual boards to start.")
+@click.option("--device", "urls", multiple=True, metavar="URL",
+              help="An acceptor device to use instead (repeat for each; e.g. socket://...).")
+@click.option("--appends", type=click.IntRange(1, 1000), default=25, show_default=True,
+              help="Values each of the two proposers appends.")
+@click.option("--board", default="icebreaker", show_default=True,
+              type=click.Choice(_board_names()), help="Board of the virtual boards.")
+@click.option("--learners", type=click.Choice(["sim", "cpu"]), default="sim", show_default=True,
+              help="Where each proposer's learner runs.")
+@click.option("--kill/--no-kill", default=True, show_default=True,
+              help="Take one acceptor away halfway through.")
+def demo_paxos_cmd(acceptors, urls, appends, board, learners, kill) -> None:
+    """A replicated log on Paxos acceptor boards: two proposers append at once, one board is
+    killed halfway, and the log both read back is checked."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .consensus.demo import run_demo
+    from .device import check_spec
+
+    for url in urls:
+        check_spec(url)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[last]}"), console=console)
+    with progress:
+        starting = progress.add_task("starting", total=None, last="")
+        bars: dict[int, int] = {}
+
+        def on_start(what: str) -> None:
+            progress.update(starting, description=f"starting {what}")
+
+        def on_append(proposer: int, instance: int, value: bytes) -> None:
+            if not bars:
+                progress.remove_task(starting)
+                for p in (1, 2):
+                    bars[p] = progress.add_task(f"proposer {p}", total=appends, last="")
+            progress.update(bars[proposer], advance=1,
+                            last=f"instance {instance}: {value.decode(errors='replace')}")
+
+        def on_event(text: str) -> None:
+            progress.console.print(f"[bold red]lost[/] {escape(text)}")
+
+        result = run_demo(acceptors=acceptors, urls=urls, appends=appends, board=board,
+                          learners=learners, kill=kill, on_start=on_start,
+                          on_append=on_append, on_event=on_event)
+    table = Table(title=f"the log ({len(result.entries)} instances)")
+    for column in ("instance", "value", "proposer", "append #"):
+        table.add_column(column, justify="right" if column != "value" else "left")
+    shown = result.entries if len(result.entries) <= 24 else \
+        result.entries[:12] + [None] + result.entries[-11:]
+    for entry in shown:
+        if entry is None:
+            table.add_row("...", "", "", "")
+        else:
+            table.add_row(str(entry.instance), escape(entry.value.decode(errors="replace")),
+                          str(entry.proposer), str(entry.sequence))
+    console.print(table)
+    for proposer, counts in result.counts.items():
+        console.print(f"proposer {proposer}: " + ", ".join(
+            f"{name} {count}" for name, count in sorted(counts.items())))
+    lat = sorted(result.latencies)
+    if lat:
+        console.print(f"append latency (measured here): median {lat[len(lat) // 2] * 1e3:.2f} "
+                      f"ms, 95th percentile {lat[int(len(lat) * 0.95)] * 1e3:.2f} ms; "
+                      f"{len(lat)} appends in {result.seconds:.2f} s")
+    for number, stats in enumerate(result.acceptor_stats):
+        row = stats["kernels"].get("paxos_acceptor", {})
+        console.print(f"acceptor {number} ({stats['device']}): {row.get('gateware', 0)} calls "
+                      f"in gateware, {row.get('errors', 0)} failed")
+    for name, passed, detail in result.checks:
+        mark = "[green]pass[/]" if passed else "[bold red]FAIL[/]"
+        console.print(f"{mark} {name}: {escape(detail)}")
+    if not result.ok:
+        sys.exit(1)
+
+
 @main.command("cache")
 @click.option("--clear", is_flag=True, help="Delete every cached build (nothing else there).")
 def cache_cmd(clear: bool) -> None:
