@@ -371,10 +371,8 @@ def demo_paxos_cmd(acceptors, urls, appends, board, learners, kill) -> None:
         console.print(f"append latency (measured here): median {lat[len(lat) // 2] * 1e3:.2f} "
                       f"ms, 95th percentile {lat[int(len(lat) * 0.95)] * 1e3:.2f} ms; "
                       f"{len(lat)} appends in {result.seconds:.2f} s")
-    for number, stats in enumerate(result.acceptor_stats):
-        row = stats["kernels"].get("paxos_acceptor", {})
-        console.print(f"acceptor {number} ({stats['device']}): {row.get('gateware', 0)} calls "
-                      f"in gateware, {row.get('errors', 0)} failed")
+    for number, (spec, answered, failed) in enumerate(result.acceptors):
+        console.print(f"acceptor {number} ({spec}): answered {answered} calls, {failed} failed")
     for name, passed, detail in result.checks:
         mark = "[green]pass[/]" if passed else "[bold red]FAIL[/]"
         console.print(f"{mark} {name}: {escape(detail)}")

@@ -35,7 +35,8 @@ class DemoResult:
     seconds: float
     latencies: list[float] = field(default_factory=list)  # seconds per append
     counts: dict[int, dict[str, int]] = field(default_factory=dict)  # proposer -> log counts
-    acceptor_stats: list[dict] = field(default_factory=list)
+    #: Per acceptor: (its device, calls it answered, calls that failed), over both proposers.
+    acceptors: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -169,7 +170,8 @@ def _run(logs, devices, appends, given, kill, on_append, on_event) -> DemoResult
               _appends(entries, appended)]
     return DemoResult(entries, checks, appended, killed, seconds, latencies,
                       {log.proposer: dict(log.counts) for log in logs},
-                      [d.stats() for d in devices])
+                      [(d.spec, sum(log.answered[k] for log in logs),
+                        sum(log.failed[k] for log in logs)) for k, d in enumerate(devices)])
 
 
 def _agreement(mine: list[Entry], theirs: list[Entry]) -> tuple[str, bool, str]:

@@ -141,6 +141,9 @@ class ReplicatedLog:
         self._down: dict[int, str] = {}  # acceptor -> why its last call failed
         #: Counts: rounds started, NACKs, acceptor failures, learned (others' values), ...
         self.counts: Counter[str] = Counter()
+        #: Per acceptor: calls it answered, and calls that failed.
+        self.answered: Counter[int] = Counter()
+        self.failed: Counter[int] = Counter()
         if fresh:
             for device in self.acceptors:
                 device.reset("paxos_acceptor")
@@ -288,8 +291,10 @@ class ReplicatedLog:
             except DeviceError as exc:
                 self._down[k] = str(exc).split(" (")[0]
                 self.counts["acceptor failures"] += 1
+                self.failed[k] += 1
                 return []
             self._down.pop(k, None)
+            self.answered[k] += 1
             return answers
         results = list(self._pool.map(call, range(len(self.acceptors))))
         if sum(1 for r in results if r) < self.quorum:

@@ -78,3 +78,45 @@ def test_a_crashed_minority_does_not_stop_the_log(acceptors):
     schedule.crashed = set(range(acceptors // 2))
     outcome = schedule.run()
     assert outcome.violations == [] and outcome.decided == 4
+
+
+class _OnDevice:
+    """A role on a device, as the schedule calls it: one message in, its answer out."""
+
+    def __init__(self, device, kernel: str):
+        self.call = getattr(device, kernel)
+
+    def handle(self, message: Message):
+        return self.call(message)
+
+
+def test_paxos_is_safe_under_faults_on_virtual_boards(pytestconfig, fresh_boards, fault_tally):
+    """The same schedules with the acceptors and the learner on virtual boards (three acceptor
+    boards and a learner board, each a Verilator process): 20 in the default run, 200 with
+    --slow. The boards' tables are cleared between schedules."""
+    acceptors, learner = fresh_boards
+    outcomes = []
+    for seed in range(200 if pytestconfig.getoption("--slow") else 20):
+        for device in acceptors:
+            device.reset("paxos_acceptor")
+        learner.reset("paxos_learner")
+        faults = Faults(drop=0.05 + 0.05 * (seed % 4), duplicate=0.05 * (seed % 3),
+                        crash=0.01 * (seed % 2))
+        schedule = Schedule(seed, [_OnDevice(d, "paxos_acceptor") for d in acceptors],
+                            proposers=2 + seed % 2, instances=3, faults=faults,
+                            learner=_OnDevice(learner, "paxos_learner"))
+        outcomes.append(schedule.run())
+    bad = [o for o in outcomes if o.violations]
+    assert not bad, "\n".join(f"seed {o.seed}: {o.violations[:3]}" for o in bad[:5])
+    decided = sum(o.decided for o in outcomes)
+    assert decided > 0.9 * sum(o.instances for o in outcomes)
+    totals: dict[str, int] = {}
+    for o in outcomes:
+        for name, count in o.counts.items():
+            totals[name] = totals.get(name, 0) + count
+    for name in ("dropped", "duplicated", "crashed", "rounds"):
+        assert totals.get(name, 0) > 0, f"no schedule had any {name}"
+    calls = sum(d.stats()["kernels"]["paxos_acceptor"]["gateware"] for d in acceptors)
+    assert calls > 0 and all(d.stats()["errors"] == 0 for d in acceptors)
+    fault_tally.update({"schedules on boards": len(outcomes), "violations": 0,
+                        "instances decided": decided, "board calls": calls, **totals})
