@@ -30,6 +30,9 @@ __all__ = ["Row", "BenchReport", "measure_amaranth_sim", "check_output_file",
 
 MEASURED = "measured"
 DERIVED = "derived"
+#: A published figure, quoted as an anchor beside this run's own (the note names the source).
+CITED = "cited"
+SOURCES = (MEASURED, DERIVED, CITED)
 
 
 @dataclass
@@ -42,8 +45,9 @@ class Row:
     note: str = ""
 
     def __post_init__(self):
-        if self.source not in (MEASURED, DERIVED):
-            raise ValueError(f"source must be {MEASURED!r} or {DERIVED!r}, not {self.source!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}, not "
+                             f"{self.source!r}")
 
 
 @dataclass
@@ -176,7 +180,8 @@ def write_plot(report: BenchReport, path: Path) -> None:
         raise OffloadError("nothing to plot: the bench produced no MB/s figures")
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
     labels = [f"{row.kernel}: {row.what}" for row in rows]
-    colours = ["tab:blue" if row.source == MEASURED else "tab:orange" for row in rows]
+    palette = {MEASURED: "tab:blue", DERIVED: "tab:orange", CITED: "tab:gray"}
+    colours = [palette[row.source] for row in rows]
     ax.barh(labels, [row.value for row in rows], color=colours)
     ax.set_xscale("log")
     ax.set_xlabel("MB/s (log scale)")
@@ -186,7 +191,8 @@ def write_plot(report: BenchReport, path: Path) -> None:
     from matplotlib.patches import Patch
 
     ax.legend(handles=[Patch(color="tab:blue", label=MEASURED),
-                       Patch(color="tab:orange", label=DERIVED)], loc="lower right")
+                       Patch(color="tab:orange", label=DERIVED),
+                       Patch(color="tab:gray", label=CITED)], loc="lower right")
     ax.set_title("offload bench: throughput by where the kernel runs")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from hdl.link import protocol as p
 
-from .bench import DERIVED, MEASURED, BenchReport, measure_amaranth_sim, time_call
+from .bench import CITED, DERIVED, MEASURED, BenchReport, measure_amaranth_sim, time_call
 from .build import progress_bar
 from .errors import KernelError, OffloadError
 from .gateware import board_width, kernel_label
@@ -83,8 +83,9 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names,
 
     extra = spec.bench(spec.resolve(), op.name, args) if spec.bench is not None else None
     items, unit = (extra["items"], extra["unit"]) if extra else (0, "")
-    for what, value, row_unit, note in (extra or {}).get("rows", ()):
-        report.add(spec.name, what, value, row_unit, MEASURED, note)
+    # A hook's rows are measured unless they say otherwise (a fifth item: derived or cited).
+    for what, value, row_unit, note, *source in (extra or {}).get("rows", ()):
+        report.add(spec.name, what, value, row_unit, source[0] if source else MEASURED, note)
 
     widths = sorted({board_width(b, spec) for b in board_names} | {spec.default_width})
     cycles_per_byte: dict[int, float] = {}
@@ -318,7 +319,8 @@ def print_report(report: BenchReport, console: Console) -> None:
                       f"[{style}]{row.source}[/]" if style else row.source, row.note)
     console.print(table)
     console.print(f"[italic]{DERIVED}[/] figures are computed from the measured ones as shown; "
-                  "fmax is nextpnr's static timing estimate of the routed design.")
+                  "fmax is nextpnr's static timing estimate of the routed design; "
+                  f"[italic]{CITED}[/] figures are published ones, quoted for scale.")
     for line in report.skipped:
         console.print(f"skipped: {line}")
 

@@ -34,6 +34,7 @@ from hdl.kernels.paxos_format import (
 )
 
 from ..consensus.models import AcceptorModel, BadMessage, LearnerModel, refusal
+from ..errors import OffloadError
 from . import KernelSpec, Operation, Param, Response
 
 __all__ = ["ACCEPTOR", "LEARNER"]
@@ -149,6 +150,81 @@ def bench(params, op: str, args: tuple) -> dict:
     return {"items": len(messages), "unit": "messages", "rows": []}
 
 
+#: P4xos on a Tofino switch ASIC (Dang et al., "P4xos: Consensus as a Network Service",
+#: IEEE/ACM Transactions on Networking, 2020): the anchor for what a switch pipeline does.
+P4XOS_MSGS_PER_S = 2.5e9
+
+_APPENDS = 200
+
+
+def _append_latency(acceptors, learner=None) -> tuple[float, float]:
+    """Median and 95th percentile seconds of ``ReplicatedLog.append`` by one proposer."""
+    import time
+
+    from ..consensus import ReplicatedLog
+
+    with ReplicatedLog(acceptors, learner, fresh=True) as log:
+        took = []
+        for k in range(min(_APPENDS, log.instances)):
+            start = time.perf_counter()
+            log.append(f"bench {k}".encode())
+            took.append(time.perf_counter() - start)
+    took.sort()
+    return took[len(took) // 2], took[int(0.95 * len(took))]
+
+
+def acceptor_bench(params, op: str, args: tuple) -> dict:
+    """Beyond the rates per message: the CPU model's messages/s, the decision latency of a
+    replicated log (measured on CPU acceptors and on three virtual boards, derived for three
+    real boards from their links), and P4xos's rate as the ASIC anchor."""
+    import offload
+    from boards import BOARDS
+
+    from ..bench import CITED, DERIVED, time_call
+    from ..link.codec import wire_size
+
+    (messages,) = args
+    model = AcceptorModel(int(params["instances"]))
+    seconds = time_call(lambda: [model.handle(m) for m in messages])
+    rows = [("CPU model (AcceptorModel.handle)", len(messages) / seconds, "messages/s",
+             f"{len(messages)} 1A/2A messages, best of 5 timed batches")]
+    log_params = {"paxos_acceptor": {"instances": 256}}
+    cpu = [offload.open("cpu", params=log_params) for _ in range(3)]
+    host, host95 = _append_latency(cpu)
+    rows.append(("ReplicatedLog.append on 3 CPU acceptors", host * 1e3, "ms",
+                 f"median of {_APPENDS} appends by one proposer (95th percentile "
+                 f"{host95 * 1e3:.3f} ms): the host's own time, Python and threads"))
+    try:
+        boards = [offload.open("sim:icebreaker", fallback="never", kernels=["paxos_acceptor"])
+                  for _ in range(3)]
+    except OffloadError as exc:
+        rows.append(("ReplicatedLog.append on 3 virtual boards", float("nan"), "ms",
+                     f"not measured: {exc}"))
+    else:
+        try:
+            board, board95 = _append_latency(boards)
+        finally:
+            for device in boards:
+                device.close()
+        rows.append(("ReplicatedLog.append on 3 virtual boards", board * 1e3, "ms",
+                     f"median of up to {_APPENDS} appends by one proposer (95th percentile "
+                     f"{board95 * 1e3:.3f} ms), 3 virtual iCEBreakers (Verilator processes "
+                     "behind TCP sockets, no UART timing), learner on the CPU"))
+    # On real boards an append in a prepared round is one exchange with every acceptor at
+    # once (a 2A out, a 2B back, each on its own link) and the learner on the CPU.
+    wire = wire_size(SIZE) + wire_size(SIZE)
+    for name, spec in sorted(BOARDS.items()):
+        link = wire * 10 / spec.link_baud
+        rows.append((f"ReplicatedLog.append on 3 {name} boards", (link + host) * 1e3, "ms",
+                     f"{wire} wire bytes (2A and 2B, framed) at {spec.link_baud:,} baud = "
+                     f"{link * 1e3:.3f} ms on each board's link at once, + the host's "
+                     f"{host * 1e3:.3f} ms measured above", DERIVED))
+    rows.append(("P4xos acceptor on a Tofino switch ASIC", P4XOS_MSGS_PER_S, "messages/s",
+                 "Dang et al., P4xos: Consensus as a Network Service, IEEE/ACM ToN 2020 "
+                 "(the anchor: a switch pipeline at line rate)", CITED))
+    return {"items": len(messages), "unit": "messages", "rows": rows}
+
+
 _WIDTH = Param(8, "bytes per beat", choices=(1, 2, 4, 8))
 
 ACCEPTOR = KernelSpec(
@@ -166,7 +242,7 @@ ACCEPTOR = KernelSpec(
     stateful=True,
     default=False,  # a consensus device is built as one: named, with its own sizes
     workload=_workload((PREPARE, ACCEPT), 3), strategies=_strategies((PREPARE, ACCEPT)),
-    bench=bench,
+    bench=acceptor_bench,
 )
 
 LEARNER = KernelSpec(
