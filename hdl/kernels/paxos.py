@@ -34,7 +34,7 @@ from .paxos_format import (
     PROMISE,
 )
 
-__all__ = ["PaxosAcceptor", "PaxosLearner"]
+__all__ = ["PaxosAcceptor", "PaxosLearner", "acceptor", "learner"]
 
 
 class _MessageTable(wiring.Component):
@@ -260,3 +260,24 @@ class PaxosLearner(_MessageTable):
             m.d.comb += [new_row.eq(Cat(rnd, now, done, kept)), write.eq(1)]
             with m.If(done):
                 answer(DELIVER, rnd, Const(0, 32), kept)
+
+
+def acceptor(instances: int = 256, width: int = 8, value_bytes: int = 32):
+    """The acceptor a device is built with: at width 1 the narrow one
+    (:class:`~hdl.kernels.paxos_narrow.NarrowAcceptor`: a byte a beat, about 120 cycles a
+    message, the table in SPRAM on an iCE40 UltraPlus), otherwise :class:`PaxosAcceptor` (a
+    message in ``48 / width`` beats, the table in block RAM)."""
+    if width == 1:
+        from .paxos_narrow import NarrowAcceptor
+
+        return NarrowAcceptor(instances, value_bytes, 1)
+    return PaxosAcceptor(instances, value_bytes, width)
+
+
+def learner(instances: int = 256, quorum: int = 2, width: int = 8, value_bytes: int = 32):
+    """The learner a device is built with: narrow at width 1, as :func:`acceptor`."""
+    if width == 1:
+        from .paxos_narrow import NarrowLearner
+
+        return NarrowLearner(instances, quorum, value_bytes, 1)
+    return PaxosLearner(instances, quorum, value_bytes, width)

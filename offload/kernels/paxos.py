@@ -225,18 +225,23 @@ def acceptor_bench(params, op: str, args: tuple) -> dict:
     return {"items": len(messages), "unit": "messages", "rows": rows}
 
 
-_WIDTH = Param(8, "bytes per beat", choices=(1, 2, 4, 8))
+_WIDTH = Param(8, "bytes per beat (1: the narrow role, a byte a beat and the table in SPRAM on "
+                  "the iCE40 UltraPlus)", choices=(1, 2, 4, 8))
 
 ACCEPTOR = KernelSpec(
     name="paxos_acceptor", id=4, version=1,
     summary="a Paxos acceptor: 1A/2A messages in, 1B/2B/NACK out, state per instance",
-    gateware="hdl.kernels.paxos:PaxosAcceptor",
+    gateware="hdl.kernels.paxos:acceptor",
     model=acceptor_model,
     operations=(_operation((PREPARE, ACCEPT), "1A and 2A messages to their answers"),),
     params={"instances": Param(256, "log positions (rows of promised round, voted round and "
                                     "value)", low=1, high=4096),
             "width": _WIDTH},
-    board_params={"icebreaker": {"instances": 64, "width": 8}},
+    # The iCE40 UP5K: the narrow role, its table in two of the four SPRAM cells, so that an
+    # acceptor and a learner fit one device beside the link. The ULX3S: 9 of its 208 EBRs a
+    # 512 rows.
+    board_params={"icebreaker": {"instances": 1024, "width": 1},
+                  "ulx3s-85f": {"instances": 4096}},
     # The table is cleared a row a cycle after a reset: two rows run the same logic.
     proof_params={"instances": 2},
     stateful=True,
@@ -248,14 +253,18 @@ ACCEPTOR = KernelSpec(
 LEARNER = KernelSpec(
     name="paxos_learner", id=5, version=1,
     summary="a Paxos learner: 2B messages in, a DELIVER for each instance decided",
-    gateware="hdl.kernels.paxos:PaxosLearner",
+    gateware="hdl.kernels.paxos:learner",
     model=learner_model,
     operations=(_operation((ACCEPTED,), "2B messages to the deliveries they complete"),),
     params={"instances": Param(256, "log positions", low=1, high=4096),
             "quorum": Param(2, "votes of one round that decide (a majority of the acceptors)",
                             low=1, high=8),
             "width": _WIDTH},
-    board_params={"icebreaker": {"instances": 64, "width": 8}},
+    # The iCE40 UP5K: the narrow role, its table in two of the four SPRAM cells, so that an
+    # acceptor and a learner fit one device beside the link. The ULX3S: 9 of its 208 EBRs a
+    # 512 rows.
+    board_params={"icebreaker": {"instances": 1024, "width": 1},
+                  "ulx3s-85f": {"instances": 4096}},
     proof_params={"instances": 2},
     stateful=True,
     default=False,
