@@ -310,7 +310,7 @@ def demo_cmd() -> None:
               help="Acceptor virtual boards to start.")
 @click.option("--device", "urls", multiple=True, metavar="URL",
               help="An acceptor device to use instead (repeat for each; e.g. socket://...).")
-@click.option("--appends", type=click.IntRange(1, 1000), default=25, show_default=True,
+@click.option("--appends", type=click.IntRange(1, 1000), default=40, show_default=True,
               help="Values each of the two proposers appends.")
 @click.option("--board", default="icebreaker", show_default=True,
               type=click.Choice(_board_names()), help="Board of the virtual boards.")

@@ -71,7 +71,7 @@ def _open_learner(where: str, board: str, quorum: int, instances: int):
                         params=params)
 
 
-def run_demo(*, acceptors: int = 3, urls: Sequence[str] = (), appends: int = 25,
+def run_demo(*, acceptors: int = 3, urls: Sequence[str] = (), appends: int = 40,
              board: str = "icebreaker", learners: str = "sim", kill: bool = True,
              instances: int | None = None,
              on_start: Callable[[str], None] | None = None,
