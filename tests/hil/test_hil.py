@@ -113,9 +113,10 @@ def test_threads_share_one_device(device):
     assert device.stats()["kernels"]["crc32c"]["gateware"] - before == 200
 
 
-def test_a_call_of_100_mib(device):
-    """Version 1 wrapped its 16-bit sequence numbers inside a call over 64 MiB and failed."""
-    data = np.random.default_rng(100).integers(0, 256, 100 << 20, dtype=np.uint8).tobytes()
+def test_a_call_of_72_mib(device):
+    """Version 1 wrapped its 16-bit sequence numbers inside a call over 64 MiB (65,536 frames
+    of 1,024 bytes) and failed; 72 MiB is past that."""
+    data = np.random.default_rng(100).integers(0, 256, 72 << 20, dtype=np.uint8).tobytes()
     assert device.crc32c(data) == google_crc32c.value(data)
 
 
