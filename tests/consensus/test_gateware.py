@@ -68,23 +68,33 @@ def batches(seed: int, count: int, kinds: list[int], wrong: int) -> list[bytes]:
     return out
 
 
-def run_gateware(dut, requests: list[bytes], width: int, seed: int) -> list[tuple[bytes, bool]]:
+def run_requests(dut, requests: list[tuple[int, bytes, bool]], seed: int,
+                 width: int = 1) -> list[tuple[bytes, bool]]:
+    """Each request ``(op, data, tail)`` through the kernel in Amaranth's simulator, with random
+    idle input and backpressure: of the opcode ``op``, and with ``tail``, the data's beats
+    without ``last`` then an empty beat with it. Each answer's bytes and ``error``."""
     answers: list[tuple[bytes, bool]] = []
 
     async def testbench(ctx):
         rng = random.Random(seed)
-        for request in requests:
-            beats = [request[k:k + width] for k in range(0, len(request), width)] or [b""]
+        for op, request, tail in requests:
+            beats = [(request[k:k + width], False) for k in range(0, len(request), width)]
+            if tail or not beats:
+                beats.append((b"", True))
+            else:
+                beats[-1] = (beats[-1][0], True)
             out, error, cycles = bytearray(), None, 0
             while error is None:
                 assert cycles < 20_000, "no answer"
                 offer = bool(beats) and rng.random() < 0.7
                 ctx.set(dut.i_stream.valid, offer)
                 if offer:
+                    data, last = beats[0]
                     ctx.set(dut.i_stream.payload.data,
-                            int.from_bytes(beats[0].ljust(width, b"\0"), "little"))
-                    ctx.set(dut.i_stream.payload.nbytes, len(beats[0]))
-                    ctx.set(dut.i_stream.payload.last, len(beats) == 1)
+                            int.from_bytes(data.ljust(width, b"\0"), "little"))
+                    ctx.set(dut.i_stream.payload.nbytes, len(data))
+                    ctx.set(dut.i_stream.payload.last, last)
+                    ctx.set(dut.i_stream.payload.op, op)
                 ready = rng.random() < 0.6
                 ctx.set(dut.o_stream.ready, ready)
                 await ctx.delay(1e-9)
@@ -106,6 +116,11 @@ def run_gateware(dut, requests: list[bytes], width: int, seed: int) -> list[tupl
     sim.add_testbench(testbench)
     sim.run()
     return answers
+
+
+def run_gateware(dut, requests: list[bytes], width: int, seed: int) -> list[tuple[bytes, bool]]:
+    """Requests of operation 0 whose last beat carries ``last``."""
+    return run_requests(dut, [(0, request, False) for request in requests], seed, width)
 
 
 @pytest.mark.parametrize("width", [8, 2])
@@ -159,20 +174,27 @@ def requests_document(role: str, width: int, path: str) -> dict:
     return document
 
 
-@pytest.mark.parametrize("role", list(ROLES))
-def test_cocotb(role, tmp_path):
+def cocotb_requests(make, name: str, role: str, width: int, tmp_path) -> None:
+    """The shared cocotb testbench (``tests/cocotb_requests.py``) on the kernel ``make()``
+    builds, under Verilator: :func:`requests_document`'s runs and mutations at ``width``, with
+    random idle input and backpressure, every answer as the model's."""
     pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
     from sim.cocotb_runner import run_cocotb
     from sim.toolchain import ToolchainError
 
     path = str(tmp_path / "requests.json")
-    document = requests_document(role, 8, path)
+    document = requests_document(role, width, path)
     try:
-        result = run_cocotb(functools.partial(ROLES[role][0], 8), f"paxos_{role}_i{INSTANCES}",
-                            "tests.cocotb_requests", tmp_path, parameters={"requests": path},
-                            timeout_s=300)
+        result = run_cocotb(make, name, "tests.cocotb_requests", tmp_path,
+                            parameters={"requests": path}, timeout_s=600)
     except ToolchainError as exc:
         pytest.skip(f"cocotb needs Verilator: {exc}")
     assert result.tests == COCOTB_TESTS and result.skipped == 0
     refused = sum(r["error"] for run in document["runs"] for r in run)
     assert 0 < refused < sum(len(run) for run in document["runs"])
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_cocotb(role, tmp_path):
+    cocotb_requests(functools.partial(ROLES[role][0], 8), f"paxos_{role}_i{INSTANCES}", role, 8,
+                    tmp_path)

@@ -31,14 +31,14 @@ from hdl.kernels.paxos_narrow import SPRAM_WORDS, NarrowAcceptor, NarrowLearner,
 from offload.kernels.paxos import acceptor_model, learner_model
 
 from .test_gateware import (
-    COCOTB_TESTS,
     INSTANCES,
     QUORUM,
     ROLES,
     batches,
+    cocotb_requests,
     model_answer,
-    requests_document,
     run_gateware,
+    run_requests,
 )
 
 NARROW = {
@@ -70,55 +70,6 @@ def mutated(requests: list[bytes], seed: int) -> list[bytes]:
             data = bytes(data)
         out.append(data)
     return out
-
-
-def run_requests(dut, requests: list[tuple[int, bytes, bool]], seed: int,
-                 width: int = 1) -> list[tuple[bytes, bool]]:
-    """As ``run_gateware``, for requests ``(op, data, tail)``: of the opcode ``op``, and with
-    ``tail``, the data's beats without ``last`` then an empty beat with it."""
-    answers: list[tuple[bytes, bool]] = []
-
-    async def testbench(ctx):
-        rng = random.Random(seed)
-        for op, request, tail in requests:
-            beats = [(request[k:k + width], False) for k in range(0, len(request), width)]
-            if tail or not beats:
-                beats.append((b"", True))
-            else:
-                beats[-1] = (beats[-1][0], True)
-            out, error, cycles = bytearray(), None, 0
-            while error is None:
-                assert cycles < 20_000, "no answer"
-                offer = bool(beats) and rng.random() < 0.7
-                ctx.set(dut.i_stream.valid, offer)
-                if offer:
-                    data, last = beats[0]
-                    ctx.set(dut.i_stream.payload.data,
-                            int.from_bytes(data.ljust(width, b"\0"), "little"))
-                    ctx.set(dut.i_stream.payload.nbytes, len(data))
-                    ctx.set(dut.i_stream.payload.last, last)
-                    ctx.set(dut.i_stream.payload.op, op)
-                ready = rng.random() < 0.6
-                ctx.set(dut.o_stream.ready, ready)
-                await ctx.delay(1e-9)
-                if offer and ctx.get(dut.i_stream.ready):
-                    beats.pop(0)
-                if ready and ctx.get(dut.o_stream.valid):
-                    n = ctx.get(dut.o_stream.payload.nbytes)
-                    last = ctx.get(dut.o_stream.payload.last)
-                    assert last or n == width, "a beat but the last is not full"
-                    out += ctx.get(dut.o_stream.payload.data).to_bytes(width, "little")[:n]
-                    if last:
-                        error = bool(ctx.get(dut.o_stream.payload.error))
-                await ctx.tick()
-                cycles += 1
-            answers.append((bytes(out), error))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    return answers
 
 
 def model_answers(model, requests: list[tuple[int, bytes, bool]]) -> list[tuple[bytes, bool]]:
@@ -447,21 +398,7 @@ def test_narrow_acceptor_on_spram_cells_answers_as_the_model():
 
 @pytest.mark.parametrize("role", list(ROLES))
 def test_narrow_cocotb(role, tmp_path):
-    pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
-    from sim.cocotb_runner import run_cocotb
-    from sim.toolchain import ToolchainError
-
-    path = str(tmp_path / "requests.json")
-    document = requests_document(role, 1, path)
-    try:
-        result = run_cocotb(NARROW[role], f"paxos_narrow_{role}_i{INSTANCES}",
-                            "tests.cocotb_requests", tmp_path, parameters={"requests": path},
-                            timeout_s=600)
-    except ToolchainError as exc:
-        pytest.skip(f"cocotb needs Verilator: {exc}")
-    assert result.tests == COCOTB_TESTS and result.skipped == 0
-    refused = sum(r["error"] for run in document["runs"] for r in run)
-    assert 0 < refused < sum(len(run) for run in document["runs"])
+    cocotb_requests(NARROW[role], f"paxos_narrow_{role}_i{INSTANCES}", role, 1, tmp_path)
 
 
 # -- the stream contract -----------------------------------------------------------------------
