@@ -202,15 +202,21 @@ class ReplicatedLog:
 
     def entries(self, upto: int | None = None) -> list[Entry]:
         """Every decided entry below ``upto`` (default: up to the first instance with nothing
-        decided), learning those the log has not seen."""
+        decided), learning those the log has not seen: one round for the whole call, its phase
+        1 a window at a time, not a round for each instance as :meth:`entry` takes."""
         out = []
-        for instance in range(self.instances if upto is None else upto):
-            entry = self.entry(instance)
-            if entry is None:
-                if upto is None:
-                    break
-                continue
-            out.append(entry)
+        with self._lock:
+            fresh = True  # the first instance to learn starts the call's round
+            for instance in range(self.instances if upto is None else upto):
+                if instance not in self._decided:
+                    self._decide(instance, None, fresh=fresh)
+                    fresh = False
+                entry = self._decided.get(instance)
+                if entry is None:
+                    if upto is None:
+                        break
+                    continue
+                out.append(entry)
         return out
 
     def __len__(self) -> int:
@@ -237,15 +243,16 @@ class ReplicatedLog:
 
     # -- Paxos -------------------------------------------------------------------------------
 
-    def _decide(self, instance: int, value: bytes | None) -> Entry | None:
+    def _decide(self, instance: int, value: bytes | None, *, fresh: bool = True
+                ) -> Entry | None:
         """Run Paxos on ``instance`` until it is decided (with ``value`` if nothing else may
         be) and record the entry. With ``value`` None, only a value voted for is proposed:
-        None is returned if phase 1 finds none."""
+        None is returned if phase 1 finds none; and unless ``fresh`` is False (a promise
+        already taken for this read), it starts a round of its own, since promises from an
+        earlier round may predate votes other proposers have made since."""
         p = self._proposer
         for attempt in range(self.attempts):
-            # A read starts a round of its own: promises from an earlier round may predate
-            # votes other proposers have made since.
-            if attempt or p.preempted or value is None:
+            if attempt or p.preempted or (value is None and fresh):
                 if attempt:
                     self._sleep(attempt)
                 p.new_round()

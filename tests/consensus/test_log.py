@@ -32,6 +32,22 @@ def test_appends_are_read_back_in_order():
         assert len(log) == len(values)
 
 
+def test_another_proposer_learns_the_log_in_one_round():
+    """A log that has seen nothing learns every entry another proposer decided: the values
+    and who appended them, in one round for the whole read (a phase 1 a window of 16)."""
+    acceptors = cpu_acceptors(3)
+    with ReplicatedLog(acceptors, proposer=1) as writer:
+        values = [f"value {k}".encode() for k in range(22)]
+        for value in values:
+            writer.append(value)
+    with ReplicatedLog(acceptors, proposer=2) as reader:
+        entries = reader.entries()
+        assert [e.value for e in entries] == values
+        assert {e.proposer for e in entries} == {1}
+        assert reader.counts["rounds"] == 1 and reader.counts["nacks"] == 0
+        assert len(reader) == len(values)
+
+
 def test_bad_values_and_instances_are_refused_before_anything_is_sent():
     acceptors = cpu_acceptors(3)
     with ReplicatedLog(acceptors) as log:
