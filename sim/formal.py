@@ -53,7 +53,7 @@ from hdl.contract import ContractBounds, StreamContract
 from . import toolchain
 from .build import SimulationError, log_tail
 
-__all__ = ["ContractProof", "formal_tools", "prove_contract"]
+__all__ = ["ContractProof", "formal_tools", "prove_contract", "prove_properties"]
 
 # Bumped when the scripts or the folder's layout change shape, so that older results are not
 # taken for results of the new check.
@@ -106,8 +106,8 @@ class ContractProof:
         Each reached cover and the cycle at which it was first reached.
     cover_traces : tuple of Path
         A VCD for each reached cover: what the kernel does under the contract.
-    bounds : ContractBounds
-        The bounds checked.
+    bounds : ContractBounds or None
+        The bounds checked (None for :func:`prove_properties`).
     """
 
     name: str
@@ -123,16 +123,18 @@ class ContractProof:
     trace: Path | None = None
     covers: dict[str, int] = field(default_factory=dict)
     cover_traces: tuple[Path, ...] = ()
-    bounds: ContractBounds = field(default_factory=ContractBounds)
+    bounds: ContractBounds | None = field(default_factory=ContractBounds)
 
     def __str__(self) -> str:
         if self.passed:
             covers = ", ".join(f"{name} at cycle {step}" for name, step in self.covers.items())
-            return (f"{self.name}: contract holds to depth {self.depth} ({self.mode}, "
+            held = "holds for every cycle" if self.mode == "prove" else \
+                f"holds to depth {self.depth}"
+            return (f"{self.name}: {held} ({self.mode}, "
                     f"{self.seconds:.1f} s; covers: {covers})")
         where = f" at cycle {self.step}" if self.step is not None else ""
         trace = f"; counterexample in {self.trace}" if self.trace else ""
-        return (f"{self.name}: contract fails ({', '.join(self.failed)}{where}{trace}; "
+        return (f"{self.name}: fails ({', '.join(self.failed)}{where}{trace}; "
                 f"log in {self.log})")
 
 
@@ -206,11 +208,16 @@ _NAMED = frozenset((*StreamContract.ASSERTIONS, *StreamContract.COVERS))
 
 def contract_rtlil(contract: StreamContract) -> str:
     """``contract`` as RTLIL, module ``contract``, its properties' cells named after them."""
-    text = rtlil.convert(contract, name=_TOP, emit_src=False)
+    return _rtlil(contract, _NAMED)
+
+
+def _rtlil(top, named: frozenset[str]) -> str:
+    ports = {} if isinstance(top, wiring.Component) else {"ports": []}  # free inputs: AnySeq
+    text = rtlil.convert(top, name=_TOP, emit_src=False, **ports)
 
     def rename(match: re.Match) -> str:
         name = match.group(2)
-        if name not in _NAMED and not name.startswith("env_"):
+        if name not in named and not name.startswith("env_"):
             return match.group(0)
         return f"cell $check \\{name}\n{match.group(1)}"
 
@@ -252,8 +259,10 @@ def _status(log: Path) -> str:
     return matches[-1][0] if matches else "ERROR"
 
 
-def _run_check(name: str, design: str, bounds: ContractBounds, timeout: int, tmp: Path) -> dict:
-    """Run the bmc and cover tasks in ``tmp``; the result as :data:`_RESULT` holds it."""
+def _run_check(name: str, design: str, depth: int, timeout: int, tmp: Path,
+               mode: str = "bmc", cover_depth: int | None = None) -> dict:
+    """Run the ``mode`` (bmc or prove) and cover tasks in ``tmp``; the result as
+    :data:`_RESULT` holds it."""
     tools = formal_tools()
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(_solver_dir(tools["boolector"])),
@@ -263,11 +272,11 @@ def _run_check(name: str, design: str, bounds: ContractBounds, timeout: int, tmp
                "--witness", tools["witness"], "-f"]
     started = time.monotonic()
     processes = {}
-    for mode in ("bmc", "cover"):
-        (tmp / f"{mode}.sby").write_text(_sby_script(mode, bounds.depth, timeout))
-        output = (tmp / f"{mode}.out").open("w")
-        processes[mode] = (subprocess.Popen(
-            [*command, f"{mode}.sby"], cwd=tmp, env=env, stdout=output,
+    for task, sby_mode, cycles in (("bmc", mode, depth), ("cover", "cover", cover_depth or depth)):
+        (tmp / f"{task}.sby").write_text(_sby_script(sby_mode, cycles, timeout))
+        output = (tmp / f"{task}.out").open("w")
+        processes[task] = (subprocess.Popen(
+            [*command, f"{task}.sby"], cwd=tmp, env=env, stdout=output,
             stderr=subprocess.STDOUT, start_new_session=True,
         ), output)
     try:
@@ -286,20 +295,23 @@ def _run_check(name: str, design: str, bounds: ContractBounds, timeout: int, tmp
                               f"{timeout + 120} s; SymbiYosys was stopped") from None
     seconds = time.monotonic() - started
 
-    result: dict = {"name": name, "mode": "bmc", "depth": bounds.depth,
+    result: dict = {"name": name, "mode": mode, "depth": depth,
                     "seconds": round(seconds, 3), "log": "bmc/logfile.txt",
                     "cover_log": "cover/logfile.txt"}
     bmc_log, cover_log = tmp / "bmc" / "logfile.txt", tmp / "cover" / "logfile.txt"
     statuses = {"bmc": _status(bmc_log), "cover": _status(cover_log)}
-    for mode, status in statuses.items():
+    for task, status in statuses.items():
+        # An induction that does not close is an answer too (the property may still hold).
+        if status == "UNKNOWN" and task == "bmc" and mode == "prove":
+            continue
         if status not in ("PASS", "FAIL"):
-            log = tmp / mode / "logfile.txt"
+            log = tmp / task / "logfile.txt"
             if not log.is_file():
-                log = tmp / f"{mode}.out"
+                log = tmp / f"{task}.out"
             what = ("did not finish within its time limit of "
                     f"{timeout} s" if status == "TIMEOUT" else f"ended with {status}")
             raise SimulationError(
-                f"the formal check ({mode}) of {name!r} {what}. The end of its log:\n"
+                f"the formal check ({task}) of {name!r} {what}. The end of its log:\n"
                 f"{log_tail(log)}"
             )
 
@@ -307,6 +319,8 @@ def _run_check(name: str, design: str, bounds: ContractBounds, timeout: int, tmp
     failed = [(n, int(s)) for n, s in _FAILED_ASSERT.findall(bmc_text)]
     if statuses["bmc"] == "FAIL" and not failed:
         failed = [(n, None) for n in _ASSERT_FAILED.findall(bmc_text)]
+    if statuses["bmc"] == "UNKNOWN":
+        failed = [("induction", None)]
     trace = _TRACE.findall(bmc_text)
     cover_text = cover_log.read_text(errors="replace")
     covers = {n: int(s) for n, s in _REACHED.findall(cover_text)}
@@ -330,7 +344,8 @@ def _relative(tmp: Path, path: str) -> str:
     return path
 
 
-def _proof(folder: Path, result: dict, bounds: ContractBounds, cached: bool) -> ContractProof:
+def _proof(folder: Path, result: dict, bounds: ContractBounds | None,
+           cached: bool) -> ContractProof:
     return ContractProof(
         name=result["name"], passed=result["passed"], mode=result["mode"],
         depth=result["depth"], seconds=result["seconds"], cached=cached,
@@ -377,27 +392,53 @@ def prove_contract(
     """
     contract = StreamContract(kernel, bounds)
     name = name or type(kernel).__name__
+    folder, result, cached = _check(name, contract_rtlil(contract), contract.bounds.depth,
+                                    "bmc", timeout,
+                                    f"Checking the stream contract of {name} with SymbiYosys")
+    return _proof(folder, result, contract.bounds, cached)
+
+
+def prove_properties(top, name: str, *, named: tuple[str, ...], depth: int,
+                     mode: str = "bmc", cover_depth: int | None = None,
+                     timeout: int = 900) -> ContractProof:
+    """Check the ``Assert`` s of ``top`` (an elaboratable stating its own assumptions,
+    assertions and covers, each named by its message; ``named`` lists the names) with
+    SymbiYosys, or take the check from the cache as :func:`prove_contract` does.
+
+    ``mode`` ``"bmc"`` checks ``depth`` cycles from the initial state; ``"prove"`` proves the
+    assertions for every cycle by k-induction of ``depth`` steps (an induction that does not
+    close fails as ``"induction"``). A cover run (over ``cover_depth`` cycles, ``depth`` by
+    default) shows the covers reached either way.
+    """
+    if mode not in ("bmc", "prove"):
+        raise ValueError(f"mode is 'bmc' or 'prove', not {mode!r}")
+    folder, result, cached = _check(name, _rtlil(top, frozenset(named)), depth, mode, timeout,
+                                    f"Proving {name} with SymbiYosys", cover_depth)
+    return _proof(folder, result, None, cached)
+
+
+def _check(name: str, design: str, depth: int, mode: str, timeout: int,
+           message: str, cover_depth: int | None = None) -> tuple[Path, dict, bool]:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"Proof name must be letters, digits, '_', '.' or '-', not {name!r}")
-    design = contract_rtlil(contract)
     formal_tools()
     digest = hashlib.sha256()
     # The time limit is not in the key: a check that finished within one gives the same answer
     # under any other.
-    for part in (_FORMAT, _versions(), design, _sby_script("bmc", contract.bounds.depth, 0),
-                 _sby_script("cover", contract.bounds.depth, 0)):
+    for part in (_FORMAT, _versions(), design, _sby_script(mode, depth, 0),
+                 _sby_script("cover", cover_depth or depth, 0)):
         digest.update(part.encode() + b"\0")
     folder = toolchain.cache_dir() / "formal" / f"{name}-{digest.hexdigest()[:16]}"
     stamp = folder / _RESULT
     if stamp.is_file():
-        return _proof(folder, json.loads(stamp.read_text()), contract.bounds, cached=True)
+        return folder, json.loads(stamp.read_text()), True
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
     try:
-        with _spinner(f"Checking the stream contract of {name} with SymbiYosys"):
-            result = _run_check(name, design, contract.bounds, timeout, tmp)
+        with _spinner(message):
+            result = _run_check(name, design, depth, timeout, tmp, mode, cover_depth)
         (tmp / _RESULT).write_text(json.dumps(result, indent=1))
         try:
             os.rename(tmp, folder)
@@ -407,7 +448,7 @@ def prove_contract(
             # Another process finished the same check first; its result is as good as ours.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _proof(folder, result, contract.bounds, cached=False)
+    return folder, result, False
 
 
 @contextlib.contextmanager

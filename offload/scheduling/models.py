@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = ["POLICIES", "Arrival", "Departure", "TraceError", "schedule", "PifoModel",
-           "PifoError"]
+           "PifoError", "pifo_answer", "scheduler_answer", "check_policy"]
 
 POLICIES = ("sp", "rr", "wrr", "drr")
 
@@ -67,10 +67,10 @@ class Departure:
     index: int
 
 
-def _check(arrivals: Sequence, queues: int, capacity: int | None) -> list[Arrival]:
+def _check(arrivals: Sequence, queues: int, capacity: int | None, first: int = 0,
+           last: int = 0) -> list[Arrival]:
     out = []
-    last = 0
-    for index, a in enumerate(arrivals):
+    for index, a in enumerate(arrivals, first):
         a = a if isinstance(a, Arrival) else Arrival(*a)
         if a.time < last:
             raise TraceError(f"arrival {index}: time {a.time} is before the last, {last}")
@@ -92,21 +92,29 @@ def schedule(arrivals: Iterable, queues: int, policy: str, *,
     one value a queue. ``capacity``: packets a queue holds at most; an arrival to a full queue
     is a :class:`TraceError` (None: unbounded).
     """
-    if policy not in POLICIES:
-        raise ValueError(f"a policy is one of {', '.join(POLICIES)}, not {policy!r}")
-    if not 1 <= queues:
-        raise ValueError(f"a scheduler has at least one queue, not {queues!r}")
-    for name, values, needed in (("weights", weights, policy == "wrr"),
-                                 ("quanta", quanta, policy == "drr")):
-        if needed and (values is None or len(values) != queues or min(values) < 1):
-            raise ValueError(f"{policy} needs {name}: {queues} values of 1 or more, not "
-                             f"{values!r}")
+    check_policy(queues, policy, weights, quanta)
     trace = _check(list(arrivals), queues, capacity)
+    return list(_serve(trace, False, queues, policy, weights, quanta, capacity))
+
+
+def _serve(trace: Sequence, cut: bool, queues: int, policy: str, weights, quanta, capacity):
+    """The departures of ``trace``, yielded as they happen; a :class:`TraceError` where the
+    kernel would refuse the trace, at the point where the gateware sees why: an arrival is
+    checked when it is the next one to join (before the step of the cycle the last one joined
+    in), a full queue when the arrival joins it, and a trace cut inside a record (``cut``) when
+    every whole arrival has joined."""
     fifo: list[deque[int]] = [deque() for _ in range(queues)]  # packet indices
     held = 0
-    out: list[Departure] = []
     step = _POLICY[policy](queues, weights, quanta, fifo, trace)
     k, t = 0, 0
+
+    def look() -> None:  # the next arrival, as the gateware checks it
+        if k < len(trace):
+            _check([trace[k]], queues, None, first=k, last=t)
+        elif cut:
+            raise TraceError(f"arrival {k}: the trace ends inside it")
+
+    look()
     while k < len(trace) or held:
         if not held and trace[k].time > t:
             t = trace[k].time  # idle until the next arrival
@@ -120,14 +128,50 @@ def schedule(arrivals: Iterable, queues: int, policy: str, *,
             step.arrived(a.queue, was_empty)
             held += 1
             k += 1
+            look()
         granted = step.step() if held else None
         if granted is not None:
             index = fifo[granted].popleft()
             held -= 1
-            out.append(Departure(t, granted, trace[index].length, index))
+            yield Departure(t, granted, trace[index].length, index)
             step.departed(granted)
         t += 1
-    return out
+
+
+def scheduler_answer(request: bytes, queues: int, policy: str, *,
+                     weights: Sequence[int] | None = None, quanta: Sequence[int] | None = None,
+                     capacity: int | None = None) -> tuple[bytes, bool]:
+    """The scheduler kernel's answer to one request (arrival records of
+    :mod:`hdl.kernels.scheduling_format`), as the gateware gives it: the departure records,
+    then ``error`` if the trace is refused (see :func:`_serve`: the departures before the
+    point where the refusal is seen are sent first)."""
+    from hdl.kernels.scheduling_format import ARRIVAL_BYTES, pack_departure, unpack_arrival
+
+    whole = len(request) - len(request) % ARRIVAL_BYTES
+    trace = [Arrival(*unpack_arrival(request[k:k + ARRIVAL_BYTES]))
+             for k in range(0, whole, ARRIVAL_BYTES)]
+    out = bytearray()
+    try:
+        for d in _serve(trace, whole != len(request), queues, policy, weights, quanta,
+                        capacity):
+            out += pack_departure(d.time, d.queue)
+    except TraceError:
+        return bytes(out), True
+    return bytes(out), False
+
+
+def check_policy(queues: int, policy: str, weights: Sequence[int] | None,
+                 quanta: Sequence[int] | None) -> None:
+    """``ValueError`` for a policy, or weights or quanta, that a scheduler cannot have."""
+    if policy not in POLICIES:
+        raise ValueError(f"a policy is one of {', '.join(POLICIES)}, not {policy!r}")
+    if not 1 <= queues:
+        raise ValueError(f"a scheduler has at least one queue, not {queues!r}")
+    for name, values, needed in (("weights", weights, policy == "wrr"),
+                                 ("quanta", quanta, policy == "drr")):
+        if needed and (values is None or len(values) != queues or min(values) < 1):
+            raise ValueError(f"{policy} needs {name}: {queues} values of 1 or more, not "
+                             f"{values!r}")
 
 
 class _Policy:
@@ -232,3 +276,29 @@ class PifoModel:
             raise PifoError("pop: the PIFO is empty")
         rank, _, item = heapq.heappop(self._heap)
         return rank, item
+
+
+def pifo_answer(pifo: PifoModel, request: bytes) -> tuple[bytes, bool]:
+    """The PIFO kernel's answer to one request (records of
+    :mod:`hdl.kernels.scheduling_format`), as the gateware gives it: a record for each pop, up
+    to the first operation it cannot take (a push to a full PIFO, a pop from an empty one, a
+    kind that is neither, a record cut short), then ``error``; the operations after that one
+    have no effect. ``pifo`` is changed by the operations taken."""
+    from hdl.kernels.scheduling_format import OP_BYTES, POP, PUSH, pack_popped, unpack_op
+
+    out = bytearray()
+    for k in range(0, len(request), OP_BYTES):
+        record = request[k:k + OP_BYTES]
+        if len(record) < OP_BYTES:
+            return bytes(out), True
+        kind, rank, item = unpack_op(record)
+        try:
+            if kind == PUSH:
+                pifo.push(rank, item)
+            elif kind == POP:
+                out += pack_popped(*pifo.pop())
+            else:
+                return bytes(out), True
+        except PifoError:
+            return bytes(out), True
+    return bytes(out), False
