@@ -31,6 +31,17 @@ The response is one :data:`POPPED_BYTES`-byte record for each pop, in order::
     bytes 0-1  rank    u16
     bytes 2-3  0
     bytes 4-7  item    u32
+
+and, when the kernel refuses an operation (a push to a full PIFO, a pop from an empty one, a
+kind that is neither, a record cut short), one last record that says which and why, before
+the response ends with ``error``::
+
+    byte  0    why     u8:  FULL (1), EMPTY (2), BAD_KIND (3), CUT (4)
+    bytes 1-2  0
+    byte  3    REFUSED (0xFF), where a pop's record has 0
+    bytes 4-7  the operation's number in the request, u32
+
+(the host cannot tell on its own which operation a stateful kernel refused).
 """
 
 from __future__ import annotations
@@ -40,7 +51,8 @@ import struct
 __all__ = ["ARRIVAL_BYTES", "DEPARTURE_BYTES", "OP_BYTES", "POPPED_BYTES", "PUSH", "POP",
            "MAX_QUEUES", "MAX_TIME", "MAX_LENGTH", "MAX_RANK", "MAX_ITEM", "pack_arrival",
            "unpack_departure", "pack_departure", "unpack_arrival", "pack_op", "unpack_op",
-           "pack_popped", "unpack_popped"]
+           "pack_popped", "unpack_popped", "FULL", "EMPTY", "BAD_KIND", "CUT", "REFUSED",
+           "pack_refusal", "unpack_refusal"]
 
 ARRIVAL_BYTES = 8
 DEPARTURE_BYTES = 8
@@ -54,6 +66,8 @@ MAX_RANK = (1 << 16) - 1
 MAX_ITEM = (1 << 32) - 1
 
 PUSH, POP = 1, 2
+FULL, EMPTY, BAD_KIND, CUT = 1, 2, 3, 4
+REFUSED = 0xFF
 
 _ARRIVAL = struct.Struct("<IHBx")
 _OP = struct.Struct("<BxHI")
@@ -86,6 +100,15 @@ def pack_op(kind: int, rank: int = 0, item: int = 0) -> bytes:
 def unpack_op(record: bytes) -> tuple[int, int, int]:
     """``(kind, rank, item)``."""
     return _OP.unpack(record)
+
+
+def pack_refusal(why: int, index: int) -> bytes:
+    return bytes([why, 0, 0, REFUSED]) + index.to_bytes(4, "little")
+
+
+def unpack_refusal(record: bytes) -> tuple[int, int]:
+    """``(why, index)`` of a refusal record."""
+    return record[0], int.from_bytes(record[4:8], "little")
 
 
 def pack_popped(rank: int, item: int) -> bytes:

@@ -126,7 +126,8 @@ class Operation:
     expansion : float
         The most response bytes one request byte can give while the message streams in (0 for
         a kernel that answers only at the end); ``holdback`` the most response bytes it may
-        hold from one frame into the next. The host sizes frames with them.
+        hold from one frame into the next (a number, or ``holdback(params) -> int`` where the
+        build decides, as a scheduler's queues do). The host sizes frames with them.
     """
 
     name: str
@@ -135,8 +136,12 @@ class Operation:
     max_response: Callable[[Mapping[str, int], int], int]
     error: Callable[..., str] = field(default=lambda params, response, *a, **k: "malformed")
     expansion: float = 0.0
-    holdback: int = 0
+    holdback: int | Callable[[Mapping[str, Any]], int] = 0
     doc: str = ""
+
+    def holdback_for(self, params: Mapping[str, Any]) -> int:
+        """:attr:`holdback` for a build with ``params``."""
+        return self.holdback(params) if callable(self.holdback) else self.holdback
 
 
 @dataclass(frozen=True)
@@ -319,9 +324,10 @@ def same_result(a: Any, b: Any) -> bool:
 
 
 def _builtin() -> list[KernelSpec]:
-    from . import crc32c, paxos, protobuf, varint
+    from . import crc32c, paxos, protobuf, scheduling, varint
 
-    return [crc32c.SPEC, varint.SPEC, protobuf.SPEC, paxos.ACCEPTOR, paxos.LEARNER]
+    return [crc32c.SPEC, varint.SPEC, protobuf.SPEC, paxos.ACCEPTOR, paxos.LEARNER,
+            scheduling.SCHEDULER, scheduling.PIFO]
 
 
 def _plugins() -> list[KernelSpec]:

@@ -533,10 +533,11 @@ class _Plan(Sequence[tuple[int, int, bytes]]):
         self.opcode = spec.opcode(op)
         slot = manifest.max_response
         if op.expansion > 0:
-            if op.holdback >= slot:
-                raise DeviceError(f"{spec.name}.{op.name} may hold back {op.holdback} response "
+            holdback = op.holdback_for(params)
+            if holdback >= slot:
+                raise DeviceError(f"{spec.name}.{op.name} may hold back {holdback} response "
                                   f"bytes, more than the device's {slot}-byte response frames")
-            chunk = int((slot - op.holdback) / op.expansion)
+            chunk = int((slot - holdback) / op.expansion)
             chunk = max(1, min(manifest.max_payload, chunk))
         else:
             chunk = manifest.max_payload

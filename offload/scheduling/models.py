@@ -39,7 +39,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = ["POLICIES", "Arrival", "Departure", "TraceError", "schedule", "PifoModel",
-           "PifoError", "pifo_answer", "scheduler_answer", "check_policy"]
+           "PifoError", "pifo_answer", "scheduler_answer", "check_policy", "serve",
+           "refusal_text"]
 
 POLICIES = ("sp", "rr", "wrr", "drr")
 
@@ -94,10 +95,10 @@ def schedule(arrivals: Iterable, queues: int, policy: str, *,
     """
     check_policy(queues, policy, weights, quanta)
     trace = _check(list(arrivals), queues, capacity)
-    return list(_serve(trace, False, queues, policy, weights, quanta, capacity))
+    return list(serve(trace, False, queues, policy, weights, quanta, capacity))
 
 
-def _serve(trace: Sequence, cut: bool, queues: int, policy: str, weights, quanta, capacity):
+def serve(trace: Sequence, cut: bool, queues: int, policy: str, weights, quanta, capacity):
     """The departures of ``trace``, yielded as they happen; a :class:`TraceError` where the
     kernel would refuse the trace, at the point where the gateware sees why: an arrival is
     checked when it is the next one to join (before the step of the cycle the last one joined
@@ -143,7 +144,7 @@ def scheduler_answer(request: bytes, queues: int, policy: str, *,
                      capacity: int | None = None) -> tuple[bytes, bool]:
     """The scheduler kernel's answer to one request (arrival records of
     :mod:`hdl.kernels.scheduling_format`), as the gateware gives it: the departure records,
-    then ``error`` if the trace is refused (see :func:`_serve`: the departures before the
+    then ``error`` if the trace is refused (see :func:`serve`: the departures before the
     point where the refusal is seen are sent first)."""
     from hdl.kernels.scheduling_format import ARRIVAL_BYTES, pack_departure, unpack_arrival
 
@@ -152,7 +153,7 @@ def scheduler_answer(request: bytes, queues: int, policy: str, *,
              for k in range(0, whole, ARRIVAL_BYTES)]
     out = bytearray()
     try:
-        for d in _serve(trace, whole != len(request), queues, policy, weights, quanta,
+        for d in serve(trace, whole != len(request), queues, policy, weights, quanta,
                         capacity):
             out += pack_departure(d.time, d.queue)
     except TraceError:
@@ -282,23 +283,46 @@ def pifo_answer(pifo: PifoModel, request: bytes) -> tuple[bytes, bool]:
     """The PIFO kernel's answer to one request (records of
     :mod:`hdl.kernels.scheduling_format`), as the gateware gives it: a record for each pop, up
     to the first operation it cannot take (a push to a full PIFO, a pop from an empty one, a
-    kind that is neither, a record cut short), then ``error``; the operations after that one
-    have no effect. ``pifo`` is changed by the operations taken."""
-    from hdl.kernels.scheduling_format import OP_BYTES, POP, PUSH, pack_popped, unpack_op
+    kind that is neither, a record cut short), then a refusal record naming it and ``error``;
+    the operations after that one have no effect. ``pifo`` is changed by the operations
+    taken."""
+    from hdl.kernels.scheduling_format import (
+        BAD_KIND,
+        CUT,
+        EMPTY,
+        FULL,
+        OP_BYTES,
+        POP,
+        PUSH,
+        pack_popped,
+        pack_refusal,
+        unpack_op,
+    )
 
     out = bytearray()
     for k in range(0, len(request), OP_BYTES):
+        number = k // OP_BYTES
         record = request[k:k + OP_BYTES]
         if len(record) < OP_BYTES:
-            return bytes(out), True
+            return bytes(out + pack_refusal(CUT, number)), True
         kind, rank, item = unpack_op(record)
-        try:
-            if kind == PUSH:
-                pifo.push(rank, item)
-            elif kind == POP:
-                out += pack_popped(*pifo.pop())
-            else:
-                return bytes(out), True
-        except PifoError:
-            return bytes(out), True
+        if kind == PUSH and len(pifo) < pifo.capacity:
+            pifo.push(rank, item)
+        elif kind == POP and len(pifo):
+            out += pack_popped(*pifo.pop())
+        else:
+            why = FULL if kind == PUSH else EMPTY if kind == POP else BAD_KIND
+            return bytes(out + pack_refusal(why, number)), True
     return bytes(out), False
+
+
+def refusal_text(record: bytes, capacity: int) -> str:
+    """The words for a PIFO's refusal record (see :mod:`hdl.kernels.scheduling_format`)."""
+    from hdl.kernels.scheduling_format import BAD_KIND, CUT, EMPTY, FULL, unpack_refusal
+
+    why, number = unpack_refusal(record)
+    return {FULL: f"operation {number}: a push to a full PIFO ({capacity} entries)",
+            EMPTY: f"operation {number}: a pop from an empty PIFO",
+            BAD_KIND: f"operation {number}: a record that is neither a push nor a pop",
+            CUT: f"operation {number}: the request ends inside its record"}.get(
+                why, f"operation {number} was refused ({why})")

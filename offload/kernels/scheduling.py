@@ -1,0 +1,415 @@
+"""The queue arbitration kernels: ``scheduler`` (strict priority, round robin, weighted round
+robin, deficit round robin over up to 16 queues) and ``pifo`` (a push-in first-out queue).
+
+``device.scheduler(arrivals)`` takes a trace of arrivals ``(time, queue, length)`` and answers
+the departures :class:`~offload.scheduling.Departure` ``(time, queue, length, index)`` of a
+server that takes one step a cycle, as :func:`offload.scheduling.schedule` defines it, packet
+for packet. The policy, the weights (``wrr``) or byte quanta (``drr``) and the packets each
+queue holds (``depth``) are build parameters: ``offload.open("sim", kernels=["scheduler"],
+params={"scheduler": {"policy": "drr", "quanta": "1500,3000"}})``. Each call is a trace of its
+own (the queues start empty). A trace the scheduler cannot take (a queue it does not have, a
+packet of length 0, a time before the last, an arrival to a full queue) is a
+:class:`~offload.KernelError` naming the arrival, on every device.
+
+``device.pifo.push(rank, item)``, ``device.pifo.pop() -> (rank, item)`` and
+``device.pifo.run([("push", rank, item), ("pop",), ...]) -> [(rank, item), ...]`` (a batch, the
+pops' results) work on a PIFO of ``capacity`` entries that keeps its state between calls (a
+stateful kernel: ``device.reset("pifo")`` empties it). Ranks are 16-bit, items 32-bit; the
+smallest rank pops first, the first pushed among equal ranks. A push to a full PIFO or a pop
+from an empty one is a :class:`~offload.KernelError`; in a batch, the operations before it have
+taken effect and those after it have not.
+
+The records on the link are :mod:`hdl.kernels.scheduling_format`'s; the CPU paths are
+:mod:`offload.scheduling.models`'; the gateware is :mod:`hdl.kernels.scheduler` and
+:mod:`hdl.kernels.pifo`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hdl.kernels.scheduling_format import (
+    ARRIVAL_BYTES,
+    DEPARTURE_BYTES,
+    MAX_ITEM,
+    MAX_LENGTH,
+    MAX_QUEUES,
+    MAX_RANK,
+    MAX_TIME,
+    OP_BYTES,
+    POP,
+    POPPED_BYTES,
+    PUSH,
+    REFUSED,
+    pack_arrival,
+    pack_op,
+    unpack_departure,
+    unpack_popped,
+)
+from hdl.link.protocol import MAX_RESPONSE
+
+from ..scheduling.models import (
+    POLICIES,
+    Arrival,
+    Departure,
+    PifoModel,
+    TraceError,
+    check_policy,
+    pifo_answer,
+    refusal_text,
+    scheduler_answer,
+    serve,
+)
+from . import KernelSpec, Operation, Param, ParamError, Response
+
+__all__ = ["SCHEDULER", "PIFO", "scheduler_config"]
+
+#: Departure bytes a scheduler may owe from one frame of a trace into the next: a record for
+#: every packet its queues hold. The link's response frames are 1,024 bytes; half of them is
+#: the most this may take, so ``queues * depth`` is 64 packets at most.
+MAX_HELD = MAX_RESPONSE // 2 // DEPARTURE_BYTES
+
+
+# -- parameters --------------------------------------------------------------------------------
+
+def _policy(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in POLICIES:
+        raise ParamError(f"scheduler parameter policy is one of {', '.join(POLICIES)}, not "
+                         f"{value!r}")
+    return text
+
+
+def _numbers(name: str, low: int, high: int):
+    """A parameter of one number per queue (or one for all): canonical text ``"1,2,3"``."""
+    def convert(value: object) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            values = [value]
+        elif isinstance(value, str):
+            parts = [p for p in re.split(r"[\s,;/]+", value.strip()) if p]
+            try:
+                values = [int(p, 0) for p in parts]
+            except ValueError:
+                raise ParamError(f"scheduler parameter {name} takes numbers separated by "
+                                 f"commas, not {value!r}") from None
+        elif isinstance(value, Sequence):
+            values = list(value)
+        else:
+            raise ParamError(f"scheduler parameter {name} takes a number or one a queue, not "
+                             f"{value!r}")
+        if not values or len(values) > MAX_QUEUES or not all(
+                isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+                for v in values):
+            raise ParamError(f"scheduler parameter {name} takes 1 to {MAX_QUEUES} numbers "
+                             f"from {low} to {high}, not {value!r}")
+        return ",".join(map(str, values))
+    return convert
+
+
+def scheduler_config(params: Mapping[str, Any]) -> dict:
+    """A scheduler build's parameters as the model and the gateware take them: ``queues``,
+    ``policy``, ``weights`` and ``quanta`` (tuples, one a queue), ``depth``; a
+    :class:`ParamError` for weights or quanta whose count is neither 1 nor ``queues``, or more
+    packets held than a response frame can owe."""
+    queues, depth = int(params["queues"]), int(params["depth"])
+    out: dict[str, Any] = {"queues": queues, "policy": str(params["policy"]), "depth": depth}
+    for name in ("weights", "quanta"):
+        values = tuple(int(v) for v in str(params[name]).split(","))
+        if len(values) == 1:
+            values *= queues
+        if len(values) != queues:
+            raise ParamError(f"scheduler parameter {name} has {len(values)} values for "
+                             f"{queues} queues: give one, or one a queue")
+        out[name] = values
+    check_policy(queues, out["policy"], out["weights"], out["quanta"])
+    if queues * depth > MAX_HELD:
+        raise ParamError(f"a scheduler of {queues} queues of {depth} packets holds "
+                         f"{queues * depth}; the link allows {MAX_HELD} (queues x depth), "
+                         "the departures one frame may owe the next")
+    return out
+
+
+# -- the scheduler -----------------------------------------------------------------------------
+
+class _SchedulerModel:
+    def __init__(self, params: Mapping[str, Any]):
+        self.config = scheduler_config(params)
+
+    def reset(self) -> None:
+        pass
+
+    def run(self, op: str, request: bytes) -> Response:
+        c = self.config
+        data, error = scheduler_answer(request, c["queues"], c["policy"], weights=c["weights"],
+                                       quanta=c["quanta"], capacity=c["depth"])
+        return Response(data, error)
+
+
+def _trace(arrivals) -> list[Arrival]:
+    try:
+        import numpy as np
+
+        if isinstance(arrivals, np.ndarray):
+            if arrivals.ndim != 2 or arrivals.shape[1] != 3:
+                raise TypeError("an array of arrivals has 3 columns (time, queue, length), not "
+                                f"the shape {arrivals.shape}")
+            arrivals = arrivals.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(arrivals, (str, bytes)) or not isinstance(arrivals, Sequence):
+        raise TypeError("scheduler takes a list of arrivals (time, queue, length), not "
+                        f"{type(arrivals).__name__}")
+    trace = []
+    for k, a in enumerate(arrivals):
+        if not isinstance(a, Arrival):
+            if not isinstance(a, Sequence) or len(a) != 3:
+                raise TypeError(f"arrival {k} is (time, queue, length), not {a!r}")
+            a = Arrival(*a)
+        for field, value, high in (("time", a.time, MAX_TIME), ("queue", a.queue, 255),
+                                   ("length", a.length, MAX_LENGTH)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+                raise ValueError(f"arrival {k}: {field} is an integer from 0 to {high}, not "
+                                 f"{value!r}")
+        trace.append(a)
+    return trace
+
+
+def _encode_trace(params, arrivals) -> list[bytes]:
+    return [b"".join(pack_arrival(a.time, a.queue, a.length) for a in _trace(arrivals))]
+
+
+def _decode_trace(params, responses, arrivals) -> list[Departure]:
+    trace = _trace(arrivals)
+    waiting: dict[int, list[int]] = {}
+    for index, a in enumerate(trace):
+        waiting.setdefault(a.queue, []).append(index)
+    taken = dict.fromkeys(waiting, 0)
+    data = responses[0]
+    out = []
+    for k in range(0, len(data), DEPARTURE_BYTES):
+        time, queue = unpack_departure(data[k:k + DEPARTURE_BYTES])
+        index = waiting[queue][taken[queue]]
+        taken[queue] += 1
+        out.append(Departure(time, queue, trace[index].length, index))
+    return out
+
+
+def _trace_error(params, response, arrivals) -> str:
+    c = scheduler_config(params)
+    try:
+        for _ in serve(_trace(arrivals), False, c["queues"], c["policy"], c["weights"],
+                       c["quanta"], c["depth"]):
+            pass
+    except TraceError as exc:
+        return str(exc)
+    return "the trace was refused"
+
+
+def _scheduler_workload(params, size: int, rng: random.Random) -> tuple[str, tuple]:
+    c = scheduler_config(params)
+    return "run", (bursty_trace(rng, max(1, size // ARRIVAL_BYTES), c),)
+
+
+def bursty_trace(rng: random.Random, count: int, config: Mapping[str, Any],
+                 load: float = 0.9) -> list[Arrival]:
+    """``count`` arrivals in bursts (several in one cycle, then gaps) over every queue, about
+    ``load`` packets a cycle on average, lengths from 64 to 1,500 bytes, never more in a queue
+    than it holds (the model's departures are checked as it goes)."""
+    queues, depth = config["queues"], config["depth"]
+    kwargs = {"weights": config["weights"], "quanta": config["quanta"]}
+    from ..scheduling.models import schedule
+
+    trace: list[Arrival] = []
+    t = 0
+    while len(trace) < count:
+        burst = min(count - len(trace), rng.randint(1, 2 * queues))
+        t += max(0, round(rng.expovariate(load / burst))) if trace else 0
+        for _ in range(burst):
+            trace.append(Arrival(t, rng.randrange(queues), rng.choice(
+                [64, 64, 128, 576, 1500, rng.randint(40, 1500)])))
+        # Drop what would overfill a queue: the trace must be one the kernel takes.
+        while True:
+            try:
+                schedule(trace, queues, config["policy"], capacity=depth, **kwargs)
+                break
+            except TraceError as exc:
+                bad = int(str(exc).split()[1].rstrip(":"))
+                del trace[bad]
+    return trace
+
+
+def _scheduler_strategies(params) -> dict:
+    from hypothesis import strategies as st
+
+    c = scheduler_config(params)
+    top = max(c["quanta"])
+
+    @st.composite
+    def traces(draw):
+        # Bursts at one time, idle gaps, queues that empty and refill, lengths from 1 to past
+        # the largest quantum; now and then one the kernel refuses (a full queue, a queue it
+        # does not have, length 0, a time before the last).
+        out, t = [], 0
+        for _ in range(draw(st.integers(0, 40))):
+            t += draw(st.sampled_from([0, 0, 0, 1, 2, 5, 40]))
+            queue = draw(st.integers(0, c["queues"] - 1) | st.just(c["queues"] - 1))
+            length = draw(st.integers(1, 4) | st.integers(1, top + 3) |
+                          st.sampled_from([64, 1500, MAX_LENGTH]))
+            out.append((t, queue, length))
+        if out and draw(st.integers(0, 9)) == 0:
+            k = draw(st.integers(0, len(out) - 1))
+            time, queue, length = out[k]
+            out[k] = draw(st.sampled_from([(time, c["queues"], length), (time, queue, 0),
+                                           (max(0, time - 1), queue, length)]))
+        return (out,)
+
+    return {"run": traces()}
+
+
+# -- the PIFO ----------------------------------------------------------------------------------
+
+class _PifoModel:
+    def __init__(self, params: Mapping[str, Any]):
+        self.pifo = PifoModel(int(params["capacity"]))
+
+    def reset(self) -> None:
+        self.pifo.reset()
+
+    def run(self, op: str, request: bytes) -> Response:
+        data, error = pifo_answer(self.pifo, request)
+        return Response(data, error)
+
+
+def _op_record(k: int, op) -> bytes:
+    if isinstance(op, str):
+        op = (op,)
+    if not isinstance(op, Sequence) or not op or op[0] not in ("push", "pop"):
+        raise TypeError(f"operation {k} is ('push', rank, item) or ('pop',), not {op!r}")
+    if op[0] == "pop":
+        if len(op) != 1:
+            raise TypeError(f"operation {k}: a pop takes nothing, not {op[1:]!r}")
+        return pack_op(POP)
+    if len(op) != 3:
+        raise TypeError(f"operation {k}: a push is ('push', rank, item), not {op!r}")
+    _, rank, item = op
+    for field, value, high in (("rank", rank, MAX_RANK), ("item", item, MAX_ITEM)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+            raise ValueError(f"operation {k}: a {field} is an integer from 0 to {high}, not "
+                             f"{value!r}")
+    return pack_op(PUSH, rank, item)
+
+
+def _encode_run(params, ops) -> list[bytes]:
+    if isinstance(ops, (str, bytes)) or not isinstance(ops, Sequence):
+        raise TypeError("pifo.run takes a list of operations, ('push', rank, item) or "
+                        f"('pop',), not {type(ops).__name__}")
+    return [b"".join(_op_record(k, op) for k, op in enumerate(ops))]
+
+
+def _pops(data: bytes) -> list[tuple[int, int]]:
+    whole = len(data) - len(data) % POPPED_BYTES
+    return [unpack_popped(data[k:k + POPPED_BYTES]) for k in range(0, whole, POPPED_BYTES)
+            if data[k + 3] != REFUSED]
+
+
+def _pifo_error(params, response, *args) -> str:
+    """What the kernel said it refused: its last record names the operation and why."""
+    data = response.data
+    if len(data) >= POPPED_BYTES and data[-5] == REFUSED:
+        return refusal_text(data[-POPPED_BYTES:], int(params["capacity"]))
+    return "the batch was refused"
+
+
+_PIFO_OPS = (
+    Operation("run", _encode_run, lambda params, responses, ops: _pops(responses[0]),
+              max_response=lambda params, n: n + POPPED_BYTES, error=_pifo_error,
+              expansion=1.0, holdback=2 * POPPED_BYTES,
+              doc="a batch of ('push', rank, item) and ('pop',): the pops' (rank, item)"),
+    Operation("push", lambda params, rank, item: [_op_record(0, ("push", rank, item))],
+              lambda params, responses, rank, item: None,
+              max_response=lambda params, n: n + POPPED_BYTES, error=_pifo_error,
+              doc="push(rank, item): hold item at rank"),
+    Operation("pop", lambda params: [_op_record(0, ("pop",))],
+              lambda params, responses: _pops(responses[0])[0],
+              max_response=lambda params, n: n + POPPED_BYTES, error=_pifo_error,
+              doc="pop() -> (rank, item) of the smallest rank, first pushed first"),
+)
+
+
+def _pifo_workload(params, size: int, rng: random.Random) -> tuple[str, tuple]:
+    capacity = int(params["capacity"])
+    ops, held = [], 0
+    for _ in range(max(1, size // OP_BYTES)):
+        if held and (held == capacity or rng.random() < 0.5):
+            ops.append(("pop",))
+            held -= 1
+        else:
+            ops.append(("push", rng.randrange(1 << 10), rng.randrange(1 << 32)))
+            held += 1
+    return "run", (ops,)
+
+
+def _pifo_strategies(params) -> dict:
+    from hypothesis import strategies as st
+
+    capacity = int(params["capacity"])
+    rank = st.integers(0, 7) | st.integers(0, MAX_RANK)  # equal ranks often
+    item = st.integers(0, MAX_ITEM)
+    push = st.tuples(st.just("push"), rank, item)
+    op = st.one_of(push, push, st.just(("pop",)))
+    return {
+        "run": st.lists(op, max_size=2 * capacity + 4).map(lambda ops: (ops,)),
+        "push": st.tuples(rank, item),
+        "pop": st.just(()),
+    }
+
+
+def _items(params, op: str, args: tuple) -> dict:
+    (items,) = args
+    unit = "arrivals" if op == "run" and items and isinstance(items[0], Arrival) else \
+        "operations"
+    return {"items": len(items), "unit": unit, "rows": []}
+
+
+SCHEDULER = KernelSpec(
+    name="scheduler", id=6, version=1,
+    summary="a packet scheduler (sp, rr, wrr, drr): a trace of arrivals to its departures",
+    gateware="hdl.kernels.scheduler:scheduler",
+    model=_SchedulerModel,
+    operations=(Operation("run", _encode_trace, _decode_trace,
+                          max_response=lambda params, n: n, error=_trace_error,
+                          expansion=1.0,
+                          holdback=lambda params: DEPARTURE_BYTES * (
+                              int(params["queues"]) * int(params["depth"]) + 2),
+                          doc="arrivals (time, queue, length) to departures (time, queue, "
+                              "length, index)"),),
+    params={"queues": Param(4, "queues, 1 to 16", low=1, high=MAX_QUEUES),
+            "policy": Param("rr", "sp, rr, wrr or drr", convert=_policy),
+            "weights": Param("1", "wrr: packets a queue sends a cycle of rounds (one for all, "
+                             "or one a queue, 1 to 255)", convert=_numbers("weights", 1, 255)),
+            "quanta": Param("1500", "drr: bytes a queue may send a turn (one for all, or one a "
+                            "queue, 1 to 65535)", convert=_numbers("quanta", 1, MAX_LENGTH)),
+            "depth": Param(8, "packets each queue holds (queues x depth <= 64)", low=1,
+                           high=MAX_HELD),
+            "width": Param(8, "bytes per beat", choices=(1, 2, 4, 8))},
+    proof_params={"queues": 2, "depth": 2, "quanta": "64"},
+    default=False,  # built for a use, with its policy
+    workload=_scheduler_workload, strategies=_scheduler_strategies, bench=_items,
+)
+
+PIFO = KernelSpec(
+    name="pifo", id=7, version=1,
+    summary="a PIFO queue: push(rank, item), pop() the smallest rank",
+    gateware="hdl.kernels.pifo:pifo",
+    model=_PifoModel,
+    operations=_PIFO_OPS,
+    params={"capacity": Param(16, "entries", low=1, high=1024),
+            "width": Param(8, "bytes per beat", choices=(1, 2, 4, 8))},
+    proof_params={"capacity": 4},
+    stateful=True,
+    default=False,
+    workload=_pifo_workload, strategies=_pifo_strategies, bench=_items,
+)
