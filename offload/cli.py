@@ -186,13 +186,27 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
               help="Write the rows as JSON here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG plot here (needs matplotlib).")
-def bench_cmd(kernel_names, size, board_names, device_spec, json_path, plot_path) -> None:
+@click.option("--sweep", "sweep", default=None, metavar="NAME=V1,V2,...",
+              help="With one --kernel: build it at each value of one parameter on each board, "
+                   "to the first value a board does not hold, and show how fmax, logic and the "
+                   "rate at fmax grow (e.g. --kernel pifo --sweep capacity=8,16,32,64).")
+def bench_cmd(kernel_names, size, board_names, device_spec, json_path, plot_path,
+              sweep) -> None:
     """Measure the CPU path, the gateware in simulation, and project onto each board."""
     from .bench import check_output_file, check_plot_support, write_json, write_plot
     from .bench_run import print_report, run_bench
     from .build import check_build_dir
     from .device import check_spec
 
+    if sweep is not None:
+        if len(kernel_names) != 1 or device_spec is not None:
+            raise click.UsageError("--sweep takes exactly one --kernel, and no --device")
+        from .sweep import parse_sweep
+
+        try:
+            name, values = parse_sweep(registry.get(kernel_names[0]), sweep)
+        except registry.ParamError as exc:
+            raise click.BadParameter(str(exc), param_hint="--sweep") from None
     # Everything a bench of minutes could trip over at its end is checked before it starts.
     if device_spec is not None:
         check_spec(device_spec)
@@ -202,6 +216,21 @@ def bench_cmd(kernel_names, size, board_names, device_spec, json_path, plot_path
         check_output_file(plot_path, "--plot")
         check_plot_support()
     check_build_dir(None)  # the cache, where the models and bitstreams go
+    if sweep is not None:
+        from boards import BOARDS
+
+        from .sweep import run_sweep, write_sweep_plot
+
+        report = run_sweep(registry.get(kernel_names[0]), name, values,
+                           boards=list(board_names) or sorted(BOARDS), console=console)
+        print_report(report, console)
+        if json_path:
+            write_json(report, json_path)
+            console.print(f"wrote {json_path}")
+        if plot_path:
+            write_sweep_plot(report, name, plot_path)
+            console.print(f"wrote {plot_path}")
+        return
     specs = [registry.get(n) for n in kernel_names] or list(registry.KERNELS)
     report = run_bench(specs, size=size, boards=list(board_names) or None, device=device_spec,
                        console=console)

@@ -213,32 +213,136 @@ def _scheduler_workload(params, size: int, rng: random.Random) -> tuple[str, tup
     return "run", (bursty_trace(rng, max(1, size // ARRIVAL_BYTES), c),)
 
 
-def bursty_trace(rng: random.Random, count: int, config: Mapping[str, Any],
-                 load: float = 0.9) -> list[Arrival]:
-    """``count`` arrivals in bursts (several in one cycle, then gaps) over every queue, about
-    ``load`` packets a cycle on average, lengths from 64 to 1,500 bytes, never more in a queue
-    than it holds (the model's departures are checked as it goes)."""
-    queues, depth = config["queues"], config["depth"]
-    kwargs = {"weights": config["weights"], "quanta": config["quanta"]}
+def bursty_trace(rng: random.Random, count: int, config: Mapping[str, Any]) -> list[Arrival]:
+    """``count`` arrivals in bursts (several queues in one cycle, then a gap), lengths from 64
+    to 1,500 bytes, that never overfill a queue of ``config`` (checked on the model).
+
+    A queue is given a packet at most once every ``gap`` cycles, ``gap`` at least twice the
+    longest a packet of it can wait for its turn, so it never holds more than a few; if the
+    model still finds one overfilled the gap is doubled."""
     from ..scheduling.models import schedule
 
-    trace: list[Arrival] = []
-    t = 0
-    while len(trace) < count:
-        burst = min(count - len(trace), rng.randint(1, 2 * queues))
-        t += max(0, round(rng.expovariate(load / burst))) if trace else 0
-        for _ in range(burst):
-            trace.append(Arrival(t, rng.randrange(queues), rng.choice(
-                [64, 64, 128, 576, 1500, rng.randint(40, 1500)])))
-        # Drop what would overfill a queue: the trace must be one the kernel takes.
-        while True:
+    queues, depth = config["queues"], config["depth"]
+    turns = -(-1500 // min(config["quanta"])) if config["policy"] == "drr" else 1
+    gap = 2 * queues * (turns + 1)
+    while True:
+        trace: list[Arrival] = []
+        free = [0] * queues  # the first cycle each queue may have another packet
+        t = 0
+        while len(trace) < count:
+            for q in rng.sample(range(queues), rng.randint(1, queues)):
+                if free[q] <= t and len(trace) < count:
+                    trace.append(Arrival(t, q, rng.choice([64, 64, 128, 576, 1500,
+                                                           rng.randint(40, 1500)])))
+                    free[q] = t + gap
+            t += rng.choice([1, 1, 2, gap // 2, gap])
+        try:
+            schedule(trace, queues, config["policy"], weights=config["weights"],
+                     quanta=config["quanta"], capacity=depth)
+            return trace
+        except TraceError:  # pragma: no cover - the gap is wide enough for the policies
+            gap *= 2
+
+
+#: The traces each policy is measured on in the bench: every queue given this many packets
+#: at cycle 0 (backlogged throughout), and the bench workload's bursty trace.
+SATURATED_PACKETS = 64
+
+
+def bench_policies(queues: int) -> dict[str, dict]:
+    """The builds the bench compares: each policy over ``queues`` queues, ``wrr`` with
+    weights ``queues, queues - 1, ..., 1`` and ``drr`` with quanta of 1,500 bytes times the
+    same, so that both aim at one set of shares."""
+    weights = ",".join(str(queues - q) for q in range(queues))
+    quanta = ",".join(str(1500 * (queues - q)) for q in range(queues))
+    return {"sp": {"policy": "sp"}, "rr": {"policy": "rr"},
+            "wrr": {"policy": "wrr", "weights": weights},
+            "drr": {"policy": "drr", "quanta": quanta}}
+
+
+def scheduler_bench(params, op: str, args: tuple) -> dict:
+    """Beyond the rates per decision: for each policy on the same traces, grants per cycle,
+    Jain's index and the lag behind a fluid share (the model's departures, which the gateware
+    reproduces packet for packet), the CPU model's decisions per second, the gateware's
+    cycles per decision (Verilator) and decisions per second at each board's fmax."""
+    from boards import BOARDS
+    from boards.build import BuildError
+
+    from ..bench import DERIVED, MEASURED, time_call
+    from ..build import build_kernel
+    from ..gateware import kernel_label
+    from ..scheduling.fairness import backlogged_service, busy_cycles, gps_lag, jain, shares
+    from ..scheduling.models import schedule
+
+    (trace,) = args
+    base = scheduler_config(params)
+    rng = random.Random(7)
+    saturated = [Arrival(0, q, rng.choice([64, 576, 1500, rng.randint(40, 1500)]))
+                 for _ in range(SATURATED_PACKETS) for q in range(base["queues"])]
+    rows = []
+    decisions_here = 0
+    for policy, overrides in bench_policies(base["queues"]).items():
+        values = SCHEDULER.resolve({**params, **overrides})
+        c = scheduler_config(values)
+        kw = {"weights": c["weights"], "quanta": c["quanta"]}
+        share = shares(policy, c["queues"], **kw)
+        full = schedule(saturated, c["queues"], policy, **kw)
+        out = schedule(trace, c["queues"], policy, **kw)
+        steps = busy_cycles(trace, out)
+        if policy == base["policy"]:
+            decisions_here = steps
+        served = backlogged_service(saturated, full, c["queues"])
+        rows += [
+            (f"{policy}: grants per cycle, all queues backlogged",
+             len(full) / busy_cycles(saturated, full), "grants/cycle",
+             f"{len(full)} packets over {busy_cycles(saturated, full)} busy cycles"),
+            (f"{policy}: grants per cycle, bursty trace", len(out) / steps, "grants/cycle",
+             f"{len(out)} packets over {steps} busy cycles"),
+            (f"{policy}: Jain's index, all queues backlogged",
+             jain([x / w for x, w in zip(served, share, strict=True)]), "",
+             f"bytes sent per unit of share while all {c['queues']} queues were backlogged "
+             f"(shares {', '.join(f'{w:g}' for w in share)})"),
+            (f"{policy}: largest lag behind the fluid share, all backlogged",
+             gps_lag(saturated, full, c["queues"], share), "bytes",
+             "GPS over the same work; a queue's lag restarts when it empties"),
+            (f"{policy}: largest lag behind the fluid share, bursty trace",
+             gps_lag(trace, out, c["queues"], share), "bytes",
+             f"{len(trace)} arrivals in bursts"),
+        ]
+        seconds = time_call(lambda kw=kw, policy=policy, n=c["queues"]: schedule(
+            trace, n, policy, **kw))
+        rows.append((f"{policy}: CPU model decisions per second", steps / seconds,
+                     "decisions/s", f"offload.scheduling.schedule, {steps} decisions, best "
+                     "of 5"))
+        # The gateware: cycles a decision (taking the arrivals in included), then at fmax.
+        harness = _harness(values)
+        result = harness.run([_encode_trace(values, trace)[0]])
+        per = result.active_cycles / steps
+        rows.append((f"{policy}: gateware cycles per decision", per, "cycles",
+                     f"Verilator harness, {result.active_cycles} cycles for {steps} decisions "
+                     f"and {len(trace)} arrivals taken in ({kernel_label(SCHEDULER, values)})",
+                     MEASURED))
+        for board in sorted(BOARDS):
             try:
-                schedule(trace, queues, config["policy"], capacity=depth, **kwargs)
-                break
-            except TraceError as exc:
-                bad = int(str(exc).split()[1].rstrip(":"))
-                del trace[bad]
-    return trace
+                build = build_kernel(board, "scheduler", params=values)
+            except BuildError as exc:
+                rows.append((f"{policy}: decisions per second on {board} at fmax",
+                             float("nan"), "decisions/s", f"not built: {exc}"))
+                continue
+            rows.append((f"{policy}: decisions per second on {board} at fmax",
+                         build.fmax_mhz * 1e6 / per, "decisions/s",
+                         f"fmax {build.fmax_mhz:.1f} MHz / {per:.2f} cycles a decision",
+                         DERIVED))
+    return {"items": decisions_here, "unit": "decisions", "rows": rows}
+
+
+def _harness(values):
+    from sim.harness import StreamHarness
+
+    from ..gateware import kernel_label
+
+    return StreamHarness.for_component(lambda: SCHEDULER.component(**values),
+                                       kernel_label(SCHEDULER, values), int(values["width"]))
 
 
 def _scheduler_strategies(params) -> dict:
@@ -367,11 +471,30 @@ def _pifo_strategies(params) -> dict:
     }
 
 
-def _items(params, op: str, args: tuple) -> dict:
-    (items,) = args
-    unit = "arrivals" if op == "run" and items and isinstance(items[0], Arrival) else \
-        "operations"
-    return {"items": len(items), "unit": unit, "rows": []}
+def pifo_bench(params, op: str, args: tuple) -> dict:
+    """Rates per operation, and ``heapq`` doing the same pushes and pops on this CPU (the
+    reference the kernel's operations per second are set against)."""
+    import heapq
+
+    from ..bench import time_call
+
+    (ops,) = args
+
+    def run() -> None:
+        heap: list = []
+        n = 0
+        for op_ in ops:
+            if op_[0] == "push":
+                heapq.heappush(heap, (op_[1], n, op_[2]))
+                n += 1
+            else:
+                heapq.heappop(heap)
+
+    seconds = time_call(run)
+    rate = len(ops) / seconds
+    return {"items": len(ops), "unit": "operations", "reference": ("heapq", rate),
+            "rows": [("heapq push/pop on this CPU", rate, "operations/s",
+                      f"the same {len(ops)} operations, (rank, order, item) tuples, best of 5")]}
 
 
 SCHEDULER = KernelSpec(
@@ -397,7 +520,7 @@ SCHEDULER = KernelSpec(
             "width": Param(8, "bytes per beat", choices=(1, 2, 4, 8))},
     proof_params={"queues": 2, "depth": 2, "quanta": "64"},
     default=False,  # built for a use, with its policy
-    workload=_scheduler_workload, strategies=_scheduler_strategies, bench=_items,
+    workload=_scheduler_workload, strategies=_scheduler_strategies, bench=scheduler_bench,
 )
 
 PIFO = KernelSpec(
@@ -411,5 +534,5 @@ PIFO = KernelSpec(
     proof_params={"capacity": 4},
     stateful=True,
     default=False,
-    workload=_pifo_workload, strategies=_pifo_strategies, bench=_items,
+    workload=_pifo_workload, strategies=_pifo_strategies, bench=pifo_bench,
 )

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 
 from .models import Arrival, Departure
 
-__all__ = ["jain", "gps_lag", "grants_per_cycle", "shares", "service", "backlogged_service"]
+__all__ = ["jain", "gps_lag", "grants_per_cycle", "busy_cycles", "shares", "service",
+           "backlogged_service"]
 
 
 def shares(policy: str, queues: int, weights: Sequence[int] | None = None,
@@ -109,6 +110,12 @@ def gps_lag(arrivals: Sequence[Arrival], departures: Sequence[Departure], queues
 
 def grants_per_cycle(arrivals: Sequence[Arrival], departures: Sequence[Departure]) -> float:
     """Departures per cycle in which some packet was held (each cycle of a busy server)."""
+    busy = busy_cycles(arrivals, departures)
+    return len(departures) / busy if busy else 0.0
+
+
+def busy_cycles(arrivals: Sequence[Arrival], departures: Sequence[Departure]) -> int:
+    """Cycles in which some packet was held: the scheduler's steps (decisions)."""
     busy = 0
     held = 0
     events = _events(arrivals, departures)
@@ -121,4 +128,4 @@ def grants_per_cycle(arrivals: Sequence[Arrival], departures: Sequence[Departure
         held -= len(left)
         if held and k + 1 < len(times):
             busy += times[k + 1] - t - 1  # the cycles up to the next event, still busy
-    return len(departures) / busy if busy else 0.0
+    return busy
