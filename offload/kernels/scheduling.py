@@ -518,7 +518,7 @@ SCHEDULER = KernelSpec(
             "depth": Param(8, "packets each queue holds (queues x depth <= 64)", low=1,
                            high=MAX_HELD),
             "width": Param(8, "bytes per beat", choices=(1, 2, 4, 8))},
-    proof_params={"queues": 2, "depth": 2, "quanta": "64"},
+    proof_params={"queues": 2, "depth": 2},
     default=False,  # built for a use, with its policy
     workload=_scheduler_workload, strategies=_scheduler_strategies, bench=scheduler_bench,
 )

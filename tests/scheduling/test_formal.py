@@ -9,8 +9,9 @@ PIFO among them):
 * a deliberately starving arbiter (a test fixture: it never moves past its last grant, so it
   is strict priority) fails that proof;
 * the PIFO (``hdl/kernels/pifo.py``'s core) never pops a larger rank while a smaller one is
-  held, whatever is pushed and popped: a bounded check from reset, deep enough to fill and
-  empty it twice.
+  held, whatever is pushed and popped (a push and a pop in one cycle too): proved for every
+  cycle by k-induction, for 2 and 4 entries (and 8 with ``--slow``: minutes);
+* a PIFO that ignores ranks (a test fixture) fails it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from amaranth.asserts import AnyConst, AnySeq
 from amaranth.hdl import (
     Assert,
     Assume,
+    Const,
     Cover,
     Elaboratable,
     Module,
-    Mux,
     ResetSignal,
     Signal,
 )
@@ -64,9 +65,9 @@ class RoundRobinFairness(Elaboratable):
       taken, those grants name each queue exactly once;
     * ``bounded_wait``: a queue whose request stays raised sees at most ``n - 1`` grants to
       other queues before its own;
-    * with ``invariants``, those that make the induction close (``consecutive``: in such a run the grants
-      are the pointer, the pointer less one, ...; ``wait_fits``: a queue's wait so far plus its
-      distance from the pointer is at most ``n - 1``).
+    * with ``invariants``, those that make the induction close (``consecutive``: in such a
+      run the grants are the pointer, the pointer less one, ...; ``wait_fits``: a queue's
+      wait so far plus its distance from the pointer is at most ``n - 1``).
     """
 
     def __init__(self, arbiter: RoundRobin, invariants: bool = True):
@@ -150,16 +151,21 @@ def test_a_starving_arbiter_fails_the_proof():
 
 
 class PifoOrder(Elaboratable):
-    """The PIFO core under any pushes and pops (never a push when full, nor a pop when
-    empty), and a rank ``bound`` chosen by the solver (``AnyConst``): it counts the entries
-    held of rank ``<= bound``, and asserts ``order``: a pop of a rank above ``bound`` happens
-    only when none of them is held. Since ``bound`` is any rank, no pop ever takes a larger
-    rank while a smaller one is held."""
+    """The PIFO core under any pushes and pops (never a push when full without a pop, nor a
+    pop when empty), and a rank ``bound`` chosen by the solver (``AnyConst``): it counts the
+    entries held of rank ``<= bound``, and asserts ``order``: a pop of a rank above ``bound``
+    happens only when none of them is held. Since ``bound`` is any rank, no pop ever takes a
+    larger rank while a smaller one is held.
 
-    NAMES = ("order", "popped_small", "popped_large_after_small", "filled")
+    With ``invariants``, what makes the induction close, on the core's array: the valid
+    entries come first, their ranks do not decrease, ``count`` is how many there are, and the
+    count kept here is how many of them have a rank ``<= bound``."""
 
-    def __init__(self, core, capacity: int):
-        self.core, self.capacity = core, capacity
+    NAMES = ("order", "thermometer", "sorted", "counted", "small_counted", "popped_small",
+             "popped_large_after_small", "filled")
+
+    def __init__(self, core, capacity: int, invariants: bool = True):
+        self.core, self.capacity, self.invariants = core, capacity, invariants
 
     def elaborate(self, platform):
         m = Module()
@@ -180,6 +186,19 @@ class PifoOrder(Elaboratable):
         pushed_small = push & (rank <= bound)
         m.d.sync += small.eq(small + pushed_small - popped_small)
         m.d.comb += Assert(~pop | (core.head_rank <= bound) | (small == 0), "order")
+        if self.invariants:
+            entries = core.entries
+            for k in range(self.capacity - 1):
+                later = entries[k + 1]
+                m.d.comb += [
+                    Assert(~later.valid | entries[k].valid, f"thermometer_{k}"),
+                    Assert(~later.valid | (entries[k].rank <= later.rank), f"sorted_{k}"),
+                ]
+            m.d.comb += [
+                Assert(core.count == sum(e.valid.as_unsigned() for e in entries), "counted"),
+                Assert(small == sum((e.valid & (e.rank <= bound)).as_unsigned()
+                                    for e in entries), "small_counted"),
+            ]
         seen_small = Signal()
         with m.If(popped_small):
             m.d.sync += seen_small.eq(1)
@@ -190,30 +209,38 @@ class PifoOrder(Elaboratable):
         return m
 
 
-@pytest.mark.parametrize("capacity", [4])
-def test_the_pifo_never_pops_a_larger_rank_while_a_smaller_one_is_held(capacity):
-    pifo = pytest.importorskip("hdl.kernels.pifo")
-    depth = 4 * capacity + 4  # fill and empty it twice
-    proof = prove_properties(PifoOrder(pifo.PifoCore(capacity), capacity),
-                             f"pifo_order_{capacity}", named=PifoOrder.NAMES, depth=depth,
-                             timeout=600)
+def pifo_names(capacity: int) -> tuple[str, ...]:
+    return (*PifoOrder.NAMES, *(f"thermometer_{k}" for k in range(capacity)),
+            *(f"sorted_{k}" for k in range(capacity)))
+
+
+@pytest.mark.parametrize("capacity", [2, 4, 8])
+def test_the_pifo_never_pops_a_larger_rank_while_a_smaller_one_is_held(capacity, pytestconfig):
+    from hdl.kernels.pifo import PifoCore
+
+    if capacity > 4 and not pytestconfig.getoption("--slow"):
+        pytest.skip("8 entries take the solver minutes; run with --slow")
+    proof = prove_properties(PifoOrder(PifoCore(capacity), capacity),
+                             f"pifo_order_{capacity}", named=pifo_names(capacity), depth=2,
+                             mode="prove", cover_depth=capacity + 4, timeout=600)
     assert proof.passed, str(proof)
     assert set(proof.covers) == {"popped_small", "popped_large_after_small", "filled"}
 
 
-def test_a_pifo_that_pops_the_newest_fails_the_proof():
-    pifo = pytest.importorskip("hdl.kernels.pifo")
+class Fifo:
+    """A broken PIFO for the proof to catch: a push goes behind every entry, whatever its
+    rank (first in, first out)."""
+
+    def goes_before(self, held, new):
+        return Const(1, 1)
+
+
+def test_a_pifo_that_ignores_ranks_fails_the_proof():
+    from hdl.kernels.pifo import PifoCore
+
     capacity = 4
-
-    class Lifo(pifo.PifoCore):
-        """A broken PIFO for the proof to catch: a push goes to the head, whatever its
-        rank."""
-
-        def elaborate(self, platform):
-            m = super().elaborate(platform)
-            m.d.comb += self.push_rank.eq(Mux(self.empty, self.push_rank, 0))
-            return m
-
-    proof = prove_properties(PifoOrder(Lifo(capacity), capacity), "pifo_order_broken",
-                             named=PifoOrder.NAMES, depth=4 * capacity + 4, timeout=600)
-    assert not proof.passed and "order" in proof.failed
+    broken = type("FifoCore", (Fifo, PifoCore), {})(capacity)
+    proof = prove_properties(PifoOrder(broken, capacity, invariants=False),
+                             "pifo_order_broken", named=pifo_names(capacity),
+                             depth=2 * capacity + 4, timeout=600)
+    assert not proof.passed and proof.failed == ("order",), proof.failed
