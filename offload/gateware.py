@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,12 @@ def kernel_label(spec: registry.KernelSpec, params: Mapping[str, int]) -> str:
     """A kernel with its parameters in a name (``crc32c_w4``), for modules and builds."""
     parts = [spec.name]
     for name, value in sorted(params.items()):
+        if isinstance(value, str):
+            # Text (a policy, numbers a queue, a schema's name): as an identifier, and short.
+            text = re.sub(r"[^A-Za-z0-9]", "_", value)
+            if len(text) > 24 or text != value and not re.fullmatch(r"[0-9,]+", value):
+                text = hashlib.sha256(value.encode()).hexdigest()[:10]
+            value = text
         parts.append(f"w{value}" if name == "width" else f"{name}{value}")
     return "_".join(parts)
 
