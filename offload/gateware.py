@@ -44,6 +44,10 @@ def kernel_label(spec: registry.KernelSpec, params: Mapping[str, int]) -> str:
     return "_".join(parts)
 
 
+#: The longest design name: the build folders are named after it, with a key and a suffix.
+_MAX_NAME = 120
+
+
 @dataclass(frozen=True)
 class DeviceDesign:
     """Everything that decides a device's gateware: board, kernels and their parameters."""
@@ -55,7 +59,10 @@ class DeviceDesign:
     @property
     def name(self) -> str:
         parts = [kernel_label(spec, dict(params)) for spec, params in self.kernels] or ["empty"]
-        return "link_" + "_".join(parts)
+        name = "link_" + "_".join(parts)
+        if len(name) > _MAX_NAME:  # a file name for the builds: the start, and a hash of all
+            name = f"{name[:_MAX_NAME - 13]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+        return name
 
     def manifest(self) -> bytes:
         """The manifest the system kernel answers with (compact JSON, see protocol.py)."""
