@@ -65,22 +65,34 @@ def run_sweep(spec: KernelSpec, name: str, values: Sequence, *, boards: Sequence
     measure = measure or _measure
     report = BenchReport()
     with progress_bar(console) as progress:
-        task = progress.add_task("sweep", total=len(values) * (len(boards) + 1))
-        measured = {}
-        for value in values:
-            params = {name: value}
-            progress.update(task, description=f"{spec.name} {name}={value}: Verilator harness")
-            per, unit, reference = measured[value] = measure(spec, params)
-            report.add(spec.name, f"{name}={value}: gateware cycles per {unit[:-1]}", per,
-                       "cycles", MEASURED, f"Verilator harness, {_SIZE} request bytes")
-            if reference is not None:
-                ref_name, rate = reference
-                report.add(spec.name, f"{name}={value}: {ref_name} {unit} per second on this CPU",
-                           rate,
-                           f"{unit}/s", MEASURED, f"the same workload, {_SIZE} request bytes")
-            progress.advance(task)
+        task = progress.add_task("sweep", total=len(values) * len(boards))
+        measured: dict[tuple, tuple] = {}
+
+        def measured_at(value, width):
+            """Cycles per item at ``width`` (measured once a value and width), and the CPU's
+            reference rate beside it."""
+            key = (value, width)
+            if key not in measured:
+                progress.update(task, description=f"{spec.name} {name}={value}: Verilator "
+                                f"harness at {width} B/cycle")
+                params = {name: value, **spec.width_params(width)}
+                per, unit, reference = measured[key] = measure(spec, params)
+                report.add(spec.name, f"{name}={value}: gateware cycles per {unit[:-1]}, "
+                           f"{width} B/cycle", per, "cycles", MEASURED,
+                           f"Verilator harness, {_SIZE} request bytes")
+                if reference is not None and not any(k[0] == value for k in measured
+                                                     if k != key):
+                    ref_name, rate = reference
+                    report.add(spec.name, f"{name}={value}: {ref_name} {unit} per second on "
+                               "this CPU", rate, f"{unit}/s", MEASURED,
+                               f"the same workload, {_SIZE} request bytes")
+            return measured[key]
+
         for board in boards:
             for k, value in enumerate(values):
+                width = int(spec.resolve({name: value}, board=board).get(
+                    "width", spec.default_width))
+                per, unit, _ = measured_at(value, width)
                 progress.update(task, description=f"{spec.name} {name}={value}: build for "
                                 f"{board} (cached after the first run)")
                 try:
@@ -95,18 +107,18 @@ def run_sweep(spec: KernelSpec, name: str, values: Sequence, *, boards: Sequence
                     break
                 progress.advance(task)
                 report.add(spec.name, f"{name}={value} on {board}: fmax", result.fmax_mhz,
-                           "MHz", MEASURED, "nextpnr timing analysis, the kernel alone")
+                           "MHz", MEASURED, f"nextpnr timing analysis, the kernel alone at "
+                           f"{width} B/cycle")
                 logic = _logic(result)
                 if logic is not None:
                     short, used, available = logic
                     report.add(spec.name, f"{name}={value} on {board}: logic", used, short,
                                MEASURED, f"{100 * used / available:.1f}% of the {available} "
                                f"{short}s of the device")
-                per, unit, _ = measured[value]
                 report.add(spec.name, f"{name}={value} on {board}: {unit} per second at fmax",
                            result.fmax_mhz * 1e6 / per, f"{unit}/s", DERIVED,
                            f"fmax {result.fmax_mhz:.1f} MHz / {per:.2f} cycles per "
-                           f"{unit[:-1]}")
+                           f"{unit[:-1]} at {width} B/cycle")
     return report
 
 

@@ -214,33 +214,39 @@ def _scheduler_workload(params, size: int, rng: random.Random) -> tuple[str, tup
 
 
 def bursty_trace(rng: random.Random, count: int, config: Mapping[str, Any]) -> list[Arrival]:
-    """``count`` arrivals in bursts (several queues in one cycle, then a gap), lengths from 64
-    to 1,500 bytes, that never overfill a queue of ``config`` (checked on the model).
+    """``count`` arrivals in bursts (several packets of several queues in one cycle, then a
+    gap), lengths from 64 to 1,500 bytes, that never overfill a queue of ``config`` (checked
+    on the model).
 
-    A queue is given a packet at most once every ``gap`` cycles, ``gap`` at least twice the
-    longest a packet of it can wait for its turn, so it never holds more than a few; if the
-    model still finds one overfilled the gap is doubled."""
+    Each queue has a bucket of up to half its depth in packets, filled at one packet every
+    ``gap`` cycles, ``gap`` the longest a packet can wait for its queue's turn with every
+    queue busy; a burst spends what a queue's bucket holds. If the model still finds a queue
+    overfilled, the gap is doubled."""
     from ..scheduling.models import schedule
 
     queues, depth = config["queues"], config["depth"]
     turns = -(-1500 // min(config["quanta"])) if config["policy"] == "drr" else 1
-    gap = 2 * queues * (turns + 1)
+    gap = queues * (turns + 1)
+    burst = max(1, depth // 2)
     while True:
         trace: list[Arrival] = []
-        free = [0] * queues  # the first cycle each queue may have another packet
-        t = 0
+        credit = [float(burst)] * queues
+        t = last = 0
         while len(trace) < count:
+            for q in range(queues):
+                credit[q] = min(burst, credit[q] + (t - last) / gap)
+            last = t
             for q in rng.sample(range(queues), rng.randint(1, queues)):
-                if free[q] <= t and len(trace) < count:
-                    trace.append(Arrival(t, q, rng.choice([64, 64, 128, 576, 1500,
-                                                           rng.randint(40, 1500)])))
-                    free[q] = t + gap
-            t += rng.choice([1, 1, 2, gap // 2, gap])
+                n = min(rng.randint(0, int(credit[q])), count - len(trace))
+                credit[q] -= n
+                trace += [Arrival(t, q, rng.choice([64, 64, 128, 576, 1500,
+                                                    rng.randint(40, 1500)])) for _ in range(n)]
+            t += rng.choice([1, 1, 2, gap, 2 * gap, burst * gap])
         try:
             schedule(trace, queues, config["policy"], weights=config["weights"],
                      quanta=config["quanta"], capacity=depth)
             return trace
-        except TraceError:  # pragma: no cover - the gap is wide enough for the policies
+        except TraceError:
             gap *= 2
 
 

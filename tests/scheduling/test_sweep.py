@@ -81,7 +81,8 @@ def test_the_pifo_cost_curve_from_the_command_line(tmp_path):
     assert small["source"] == large["source"] == MEASURED
     assert 0 < small["value"] < large["value"]
     assert rows["capacity=8 on icebreaker: fmax"]["value"] > 0
-    assert rows["capacity=2: gateware cycles per operation"]["value"] <= 2
+    # A byte a beat on the iCEBreaker: an 8-byte record takes 8 cycles to come in.
+    assert 8 <= rows["capacity=2: gateware cycles per operation, 1 B/cycle"]["value"] < 17
     assert (tmp_path / "curve.png").stat().st_size > 0
 
 
