@@ -440,9 +440,12 @@ def _pifo_error(params, response, *args) -> str:
 
 
 _PIFO_OPS = (
+    # A pop's record for an operation's; held from one frame into the next at most: the
+    # operation being executed, the two places of the popped queue, the output register, and
+    # a refusal record.
     Operation("run", _encode_run, lambda params, responses, ops: _pops(responses[0]),
               max_response=lambda params, n: n + POPPED_BYTES, error=_pifo_error,
-              expansion=1.0, holdback=2 * POPPED_BYTES,
+              expansion=1.0, holdback=5 * POPPED_BYTES,
               doc="a batch of ('push', rank, item) and ('pop',): the pops' (rank, item)"),
     Operation("push", lambda params, rank, item: [_op_record(0, ("push", rank, item))],
               lambda params, responses, rank, item: None,

@@ -4,6 +4,8 @@ random push/pop sequences the same pops, a KernelError included."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 import offload
 from offload import KernelError
 from offload.kernels import get, same_result
+from offload.kernels.scheduling import bursty_trace, scheduler_config
 from sim.toolchain import ToolchainError
 
 #: Each policy's build: small quanta and uneven weights, so that deficit round robin turns
@@ -79,6 +82,29 @@ def test_departures_are_the_cpu_paths_for_every_policy(boards, policy):
     # Not vacuous: packets went through, and some traces were refused.
     assert tally["departures"] > 200 and tally["refused"] > 0
     assert device.stats()["fallbacks"] == 0
+
+
+@pytest.mark.parametrize("policy", ["sp", "drr"])
+def test_a_long_trace_crosses_many_frames(boards, policy):
+    """A trace of 16 KiB, cut into frames with the departures of packets held from earlier
+    frames coming out in later ones (the holdback the link sizes frames for): the same
+    departures as the CPU path's, none lost, none timed out."""
+    device = boards[policy]
+    params = device.params("scheduler")
+    trace = bursty_trace(random.Random(4), 2048, scheduler_config(params))
+    got = device.scheduler(trace)
+    assert got == offload.open("cpu", params={"scheduler": params}).scheduler(trace)
+    assert len(got) == len(trace) and device.stats()["fallbacks"] == 0
+    assert device.stats()["errors"] == 0
+
+
+def test_a_long_pifo_batch_crosses_many_frames(boards):
+    device = boards["sp"]
+    params = device.params("pifo")
+    device.reset("pifo")
+    _, (ops,) = get("pifo").workload(params, 24 << 10, random.Random(5))
+    want = offload.open("cpu", params={"pifo": params}).pifo.run(ops)
+    assert device.pifo.run(ops) == want and len(want) > 1000
 
 
 def test_the_pifo_gives_the_cpu_paths_pops(boards):
