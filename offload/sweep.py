@@ -146,6 +146,11 @@ def _measure(spec: KernelSpec, params: dict):
     return result.active_cycles / max(items, 1), unit, (extra or {}).get("reference")
 
 
+def _boards_in(report: BenchReport) -> set[str]:
+    return {row.what.split(" on ", 1)[1].split(":", 1)[0] for row in report.rows
+            if " on " in row.what.split(":", 1)[0]}
+
+
 def write_sweep_plot(report: BenchReport, name: str, path: Path) -> None:
     """fmax and logic against the swept parameter, a line per board, and the items per second
     at fmax beside the CPU's reference."""
@@ -165,12 +170,17 @@ def write_sweep_plot(report: BenchReport, name: str, path: Path) -> None:
     if not series:
         raise OffloadError("nothing to plot: the sweep built nothing")
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    titles = {"fmax": "fmax (MHz)", "logic": "logic cells used", "rate": "items per second"}
+    titles = {"fmax": "fmax (MHz)", "logic": "logic used (iCE40 LCs, ECP5 LUTs)",
+              "rate": "items per second"}
+    labels = sorted({label for _, label in series})
+    colour = {label: f"C{k}" for k, label in enumerate(labels)}  # a board's colour everywhere
+    boards = _boards_in(report)
     for ax, kind in zip(axes, ("fmax", "logic", "rate"), strict=True):
         for (k, label), points in sorted(series.items()):
             if k == kind:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o", label=label)
+                ax.plot(xs, ys, marker="o", label=label, color=colour[label],
+                        linestyle="--" if label not in boards else "-")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(name)
         ax.set_title(titles[kind])
