@@ -179,17 +179,25 @@ def cocotb_requests(make, name: str, role: str, width: int, tmp_path) -> None:
     builds, under Verilator: :func:`requests_document`'s runs and mutations at ``width``, with
     random idle input and backpressure, every answer as the model's."""
     pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
+    path = str(tmp_path / "requests.json")
+    run_document(make, name, path, requests_document(role, width, path), tmp_path)
+
+
+def run_document(make, name: str, path: str, document: dict, tmp_path,
+                 tests: int = COCOTB_TESTS) -> None:
+    """The shared cocotb testbench on the kernel ``make()`` builds, with the requests
+    ``document`` (written at ``path``): every test run, none skipped, and the document not
+    vacuous (some requests refused, not all). Any kernel's tests use it."""
+    pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
     from sim.cocotb_runner import run_cocotb
     from sim.toolchain import ToolchainError
 
-    path = str(tmp_path / "requests.json")
-    document = requests_document(role, width, path)
     try:
         result = run_cocotb(make, name, "tests.cocotb_requests", tmp_path,
                             parameters={"requests": path}, timeout_s=600)
     except ToolchainError as exc:
         pytest.skip(f"cocotb needs Verilator: {exc}")
-    assert result.tests == COCOTB_TESTS and result.skipped == 0
+    assert result.tests == tests and result.skipped == 0
     refused = sum(r["error"] for run in document["runs"] for r in run)
     assert 0 < refused < sum(len(run) for run in document["runs"])
 

@@ -31,7 +31,7 @@ from hdl.kernels.scheduling_format import (
     unpack_popped,
 )
 from offload.scheduling.models import PifoModel, pifo_answer
-from tests.consensus.test_gateware import run_requests
+from tests.consensus.test_gateware import COCOTB_TESTS, run_document, run_requests
 
 OPERATIONS = len(Pifo.operations)
 
@@ -177,7 +177,6 @@ def test_core_push_and_pop_together(capacity):
 
 # -- under Verilator ---------------------------------------------------------------------------
 
-COCOTB_TESTS = 9  # the testbench's eight idle/backpressure runs and its mutations run
 
 
 def requests_document(capacity: int, width: int, path: str) -> dict:
@@ -212,22 +211,10 @@ def requests_document(capacity: int, width: int, path: str) -> dict:
 
 
 def test_cocotb(tmp_path):
-    pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
-    from sim.cocotb_runner import run_cocotb
-    from sim.toolchain import ToolchainError
-
     capacity, width = 16, 8
     path = str(tmp_path / "requests.json")
-    document = requests_document(capacity, width, path)
-    try:
-        result = run_cocotb(functools.partial(Pifo, capacity, width),
-                            f"pifo_c{capacity}_w{width}", "tests.cocotb_requests", tmp_path,
-                            parameters={"requests": path}, timeout_s=600)
-    except ToolchainError as exc:
-        pytest.skip(f"cocotb needs Verilator: {exc}")
-    assert result.tests == COCOTB_TESTS and result.skipped == 0
-    refused = sum(r["error"] for run in document["runs"] for r in run)
-    assert 0 < refused < sum(len(run) for run in document["runs"])
+    run_document(functools.partial(Pifo, capacity, width), f"pifo_c{capacity}_w{width}", path,
+                 requests_document(capacity, width, path), tmp_path)
 
 
 # -- the stream contract -----------------------------------------------------------------------

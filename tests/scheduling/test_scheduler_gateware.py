@@ -21,7 +21,7 @@ from amaranth.sim import Simulator
 from hdl.kernels.scheduler import Scheduler
 from hdl.kernels.scheduling_format import ARRIVAL_BYTES, MAX_LENGTH, MAX_TIME, pack_arrival
 from offload.scheduling.models import POLICIES, schedule, scheduler_answer
-from tests.consensus.test_gateware import run_requests
+from tests.consensus.test_gateware import COCOTB_TESTS, run_document, run_requests
 
 QUEUES = 4
 DEPTH = 4
@@ -250,7 +250,6 @@ def test_bad_parameters_are_refused():
 
 # -- under Verilator ---------------------------------------------------------------------------
 
-COCOTB_TESTS = 9  # the testbench's eight idle/backpressure runs and its mutations run
 
 
 def requests_document(policy: str, width: int, path: str) -> dict:
@@ -281,21 +280,9 @@ def requests_document(policy: str, width: int, path: str) -> dict:
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_cocotb(policy, tmp_path):
-    pytest.importorskip("cocotb_tools.runner", reason="cocotb is not installed")
-    from sim.cocotb_runner import run_cocotb
-    from sim.toolchain import ToolchainError
-
     path = str(tmp_path / "requests.json")
-    document = requests_document(policy, 8, path)
-    try:
-        result = run_cocotb(functools.partial(make, policy, 8), f"scheduler_{policy}_q{QUEUES}",
-                            "tests.cocotb_requests", tmp_path, parameters={"requests": path},
-                            timeout_s=600)
-    except ToolchainError as exc:
-        pytest.skip(f"cocotb needs Verilator: {exc}")
-    assert result.tests == COCOTB_TESTS and result.skipped == 0
-    refused = sum(r["error"] for run in document["runs"] for r in run)
-    assert 0 < refused < sum(len(run) for run in document["runs"])
+    run_document(functools.partial(make, policy, 8), f"scheduler_{policy}_q{QUEUES}", path,
+                 requests_document(policy, 8, path), tmp_path)
 
 
 # -- the stream contract -------------------------------------------------------------------------
