@@ -180,7 +180,9 @@ class KernelSpec:
         workload's call ``args`` holds (the bench then shows rates per item), rows measured
         on this CPU with the library the kernel is compared with, and optionally
         ``"reference": (name, items per second)``, the library's rate the kernel's is set
-        against.
+        against. A hook whose rows cost much (builds of their own) may take a keyword
+        ``rows=False`` and then answer the items, the unit and the reference alone, for
+        ``offload bench --sweep``.
     fit : callable, optional
         ``fit(params) -> (unit, amount, ((params, amount), (params, amount)))``: for a kernel
         whose size grows with something its parameters describe (a protobuf schema's fields),

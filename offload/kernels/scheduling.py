@@ -31,6 +31,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from hdl.kernels.scheduling_format import (
     ARRIVAL_BYTES,
     DEPARTURE_BYTES,
@@ -149,16 +151,13 @@ class _SchedulerModel:
 
 
 def _trace(arrivals) -> list[Arrival]:
-    try:
-        import numpy as np
-
-        if isinstance(arrivals, np.ndarray):
-            if arrivals.ndim != 2 or arrivals.shape[1] != 3:
-                raise TypeError("an array of arrivals has 3 columns (time, queue, length), not "
-                                f"the shape {arrivals.shape}")
-            arrivals = arrivals.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+    """The arrivals as :class:`Arrival` s, each checked to fit its record (``TypeError`` /
+    ``ValueError`` naming the arrival otherwise)."""
+    if isinstance(arrivals, np.ndarray):
+        if arrivals.ndim != 2 or arrivals.shape[1] != 3:
+            raise TypeError("an array of arrivals has 3 columns (time, queue, length), not "
+                            f"the shape {arrivals.shape}")
+        arrivals = arrivals.tolist()
     if isinstance(arrivals, (str, bytes)) or not isinstance(arrivals, Sequence):
         raise TypeError("scheduler takes a list of arrivals (time, queue, length), not "
                         f"{type(arrivals).__name__}")
@@ -182,7 +181,9 @@ def _encode_trace(params, arrivals) -> list[bytes]:
 
 
 def _decode_trace(params, responses, arrivals) -> list[Departure]:
-    trace = _trace(arrivals)
+    # The arrivals were checked when the call was encoded: only their queues and lengths now.
+    rows = arrivals.tolist() if isinstance(arrivals, np.ndarray) else arrivals
+    trace = [a if isinstance(a, Arrival) else Arrival(*a) for a in rows]
     waiting: dict[int, list[int]] = {}
     for index, a in enumerate(trace):
         waiting.setdefault(a.queue, []).append(index)
@@ -266,7 +267,7 @@ def bench_policies(queues: int) -> dict[str, dict]:
             "drr": {"policy": "drr", "quanta": quanta}}
 
 
-def scheduler_bench(params, op: str, args: tuple) -> dict:
+def scheduler_bench(params, op: str, args: tuple, *, rows: bool = True) -> dict:
     """Beyond the rates per decision: for each policy on the same traces, grants per cycle,
     Jain's index and the lag behind a fluid share (the model's departures, which the gateware
     reproduces packet for packet), the CPU model's decisions per second, the gateware's
@@ -282,10 +283,14 @@ def scheduler_bench(params, op: str, args: tuple) -> dict:
 
     (trace,) = args
     base = scheduler_config(params)
+    if not rows:  # the items alone (a sweep's): the decisions of this build's policy
+        out = schedule(trace, base["queues"], base["policy"], weights=base["weights"],
+                       quanta=base["quanta"])
+        return {"items": busy_cycles(trace, out), "unit": "decisions", "rows": []}
     rng = random.Random(7)
     saturated = [Arrival(0, q, rng.choice([64, 576, 1500, rng.randint(40, 1500)]))
                  for _ in range(SATURATED_PACKETS) for q in range(base["queues"])]
-    rows = []
+    table = []
     decisions_here = 0
     for policy, overrides in bench_policies(base["queues"]).items():
         values = SCHEDULER.resolve({**params, **overrides})
@@ -298,7 +303,7 @@ def scheduler_bench(params, op: str, args: tuple) -> dict:
         if policy == base["policy"]:
             decisions_here = steps
         served = backlogged_service(saturated, full, c["queues"])
-        rows += [
+        table += [
             (f"{policy}: grants per cycle, all queues backlogged",
              len(full) / busy_cycles(saturated, full), "grants/cycle",
              f"{len(full)} packets over {busy_cycles(saturated, full)} busy cycles"),
@@ -317,7 +322,7 @@ def scheduler_bench(params, op: str, args: tuple) -> dict:
         ]
         seconds = time_call(lambda kw=kw, policy=policy, n=c["queues"]: schedule(
             trace, n, policy, **kw))
-        rows.append((f"{policy}: CPU model decisions per second", steps / seconds,
+        table.append((f"{policy}: CPU model decisions per second", steps / seconds,
                      "decisions/s", f"offload.scheduling.schedule, {steps} decisions, best "
                      "of 5"))
         # The gateware, as each board builds it (its width): cycles a decision, taking the
@@ -329,7 +334,7 @@ def scheduler_bench(params, op: str, args: tuple) -> dict:
             if width not in per_width:
                 result = _harness(at).run([_encode_trace(at, trace)[0]])
                 per_width[width] = result.active_cycles / steps
-                rows.append((f"{policy}: gateware cycles per decision, {width} B/cycle",
+                table.append((f"{policy}: gateware cycles per decision, {width} B/cycle",
                              per_width[width], "cycles",
                              f"Verilator harness, {result.active_cycles} cycles for {steps} "
                              f"decisions and {len(trace)} arrivals taken in "
@@ -338,14 +343,14 @@ def scheduler_bench(params, op: str, args: tuple) -> dict:
             try:
                 build = build_kernel(board, "scheduler", params=at)
             except BuildError as exc:
-                rows.append((f"{policy}: decisions per second on {board} at fmax",
+                table.append((f"{policy}: decisions per second on {board} at fmax",
                              float("nan"), "decisions/s", f"not built: {exc}"))
                 continue
-            rows.append((f"{policy}: decisions per second on {board} at fmax",
+            table.append((f"{policy}: decisions per second on {board} at fmax",
                          build.fmax_mhz * 1e6 / per, "decisions/s",
                          f"fmax {build.fmax_mhz:.1f} MHz / {per:.2f} cycles a decision at "
                          f"{width} B/cycle", DERIVED))
-    return {"items": decisions_here, "unit": "decisions", "rows": rows}
+    return {"items": decisions_here, "unit": "decisions", "rows": table}
 
 
 def _harness(values):

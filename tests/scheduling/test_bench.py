@@ -63,3 +63,20 @@ def test_the_pifo_is_set_against_heapq():
     assert extra["unit"] == "operations" and extra["items"] == 4096 // 8
     name, rate = extra["reference"]
     assert name == "heapq" and rate == rows["heapq push/pop on this CPU"].value > 0
+
+
+def test_a_sweep_asks_the_scheduler_for_its_decisions_alone(monkeypatch):
+    """``offload bench --sweep`` needs a value's items, not the four policies' builds: with
+    ``rows=False`` the hook builds nothing and counts the build's own decisions."""
+    import offload.build
+
+    def no_builds(*args, **kwargs):
+        raise AssertionError("the sweep's measure built something")
+
+    monkeypatch.setattr(offload.build, "build_kernel", no_builds)
+    params = SCHEDULER.resolve({"policy": "drr", "quanta": "600"})
+    op, args = SCHEDULER.workload(params, 4096, random.Random(0))
+    extra = SCHEDULER.bench(params, op, args, rows=False)
+    assert extra["rows"] == [] and extra["unit"] == "decisions"
+    # DRR with a quantum below most lengths turns queues away: more decisions than arrivals.
+    assert extra["items"] > len(args[0])
