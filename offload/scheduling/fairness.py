@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from .models import Arrival, Departure
 
-__all__ = ["jain", "gps_lag", "grants_per_cycle", "busy_cycles", "shares", "service",
+__all__ = ["jain", "gps_lag", "grants_per_cycle", "busy_cycles", "shares",
            "backlogged_service"]
 
 
@@ -38,16 +38,6 @@ def jain(values: Sequence[float]) -> float:
     total = sum(values)
     square = sum(v * v for v in values)
     return 1.0 if not values or square == 0 else total * total / (len(values) * square)
-
-
-def service(departures: Sequence[Departure], queues: int, until: int | None = None
-            ) -> list[int]:
-    """Bytes sent from each queue (departing before cycle ``until``, if given)."""
-    out = [0] * queues
-    for d in departures:
-        if until is None or d.time < until:
-            out[d.queue] += d.length
-    return out
 
 
 def backlogged_service(arrivals: Sequence[Arrival], departures: Sequence[Departure],

@@ -15,6 +15,7 @@ from offload import KernelError
 from offload.kernels import get, same_result
 from offload.kernels.scheduling import bursty_trace, scheduler_config
 from sim.toolchain import ToolchainError
+from tests.hil.test_hil import outcome
 
 #: Each policy's build: small quanta and uneven weights, so that deficit round robin turns
 #: queues away (packets are longer than a quantum) and weighted rounds are skipped.
@@ -48,13 +49,6 @@ def boards():
     yield opened
     for device in opened.values():
         device.close()
-
-
-def outcome(fn, *args):
-    try:
-        return fn(*args)
-    except KernelError as exc:
-        return exc
 
 
 @pytest.mark.parametrize("policy", list(BUILDS))

@@ -13,7 +13,7 @@ import offload
 from offload import KernelError
 from offload.kernels import ParamError, get
 from offload.kernels.scheduling import MAX_HELD, bursty_trace, scheduler_config
-from offload.scheduling import POLICIES, Arrival, Departure, PifoModel, schedule
+from offload.scheduling import POLICIES, Arrival, Departure, schedule
 from offload.scheduling.fairness import (
     backlogged_service,
     gps_lag,
@@ -91,21 +91,6 @@ def test_the_pifo_keeps_its_state_and_names_what_it_refuses():
                        ([("pull",)], TypeError), ([("pop", 1)], TypeError), ("pop", TypeError)):
         with pytest.raises(error):
             dev.pifo.run(ops)
-
-
-def test_the_pifo_model_is_a_sorted_list():
-    sortedcontainers = pytest.importorskip("sortedcontainers")
-    rng = random.Random(3)
-    pifo, reference, pushed = PifoModel(64), sortedcontainers.SortedList(), 0
-    for _ in range(3000):
-        if reference and (len(reference) == 64 or rng.random() < 0.45):
-            rank, _, item = reference.pop(0)
-            assert pifo.pop() == (rank, item)
-        else:
-            rank, item = rng.randrange(8), rng.randrange(1 << 32)
-            pifo.push(rank, item)
-            reference.add((rank, pushed, item))
-            pushed += 1
 
 
 def test_the_bench_workload_is_a_trace_the_kernel_takes():
