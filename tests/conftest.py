@@ -16,8 +16,8 @@ def pytest_addoption(parser):
                     help="the board behind --device (and the virtual board's board)")
     group.addoption("--slow", action="store_true", default=False,
                     help="more examples where a test draws them (more random protobuf "
-                         "schemas, each a virtual board of its own), and the proofs that "
-                         "take minutes")
+                         "schemas, each a virtual board of its own), the proofs that take "
+                         "minutes, and the HIL suite's call of 72 MiB")
 
 
 @pytest.fixture
