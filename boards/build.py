@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -259,6 +260,99 @@ def parse_yosys_cells(log: str) -> dict[str, int]:
         if match is not None and not match["cell"].startswith("$"):
             cells[match["cell"]] = int(match["count"])
     return cells
+
+
+# --- resources by module -------------------------------------------------------------------
+
+#: Yosys's cell types, after ``synth_ice40`` / ``synth_ecp5``, by what a person counts them as.
+#: I/O cells and clock buffers are left out: a module's logic is what is compared.
+_CELL_KINDS = {
+    "SB_LUT4": "LUT4", "SB_CARRY": "carry", "SB_RAM40_4K": "block RAM",
+    "SB_SPRAM256KA": "SPRAM", "SB_MAC16": "DSP",
+    "LUT4": "LUT4", "CCU2C": "carry", "TRELLIS_FF": "flip-flops", "DP16KD": "block RAM",
+    "TRELLIS_DPR16X4": "LUT RAM", "MULT18X18D": "DSP", "ALU54B": "DSP",
+}
+
+
+def _cell_kind(cell: str) -> str | None:
+    if cell.startswith("SB_DFF"):
+        return "flip-flops"
+    return _CELL_KINDS.get(cell)
+
+
+def subtree_cells(stat: dict, top: str) -> dict[str, dict[str, int]]:
+    """Each module instance's cells, its submodules' included, from Yosys's ``stat -json`` of
+    a design synthesised with its hierarchy kept; keyed by the path below ``top`` (``""`` for
+    the whole design, ``"bridge"``, ``"bridge.decoder"``, ...).
+
+    Amaranth names every module by its full path and makes one module per instance, so a cell
+    whose type is another module of the design is that submodule.
+    """
+    modules = {name.lstrip("\\"): record.get("num_cells_by_type", {})
+               for name, record in stat.get("modules", {}).items()}
+    totals: dict[str, dict[str, int]] = {}
+
+    def walk(module: str) -> dict[str, int]:
+        if module in totals:
+            return totals[module]
+        own: dict[str, int] = {}
+        for cell, count in modules.get(module, {}).items():
+            if cell.lstrip("\\") in modules:
+                for kind, n in walk(cell.lstrip("\\")).items():
+                    own[kind] = own.get(kind, 0) + count * n
+            elif (kind := _cell_kind(cell)) is not None:
+                own[kind] = own.get(kind, 0) + count
+        totals[module] = own
+        return own
+
+    walk(top)
+    for name in modules:
+        walk(name)
+    return {("" if name == top else name[len(top) + 1:]): cells
+            for name, cells in totals.items() if name == top or name.startswith(top + ".")}
+
+
+def module_resources(report: BuildReport) -> dict[str, dict[str, int]]:
+    """The cells of each module of ``report``'s design (see :func:`subtree_cells`), from a
+    second Yosys run that keeps the hierarchy (``-noflatten``), on the RTLIL the build read.
+
+    Kept in the build's folder after the first call (a synthesis of seconds to a minute).
+    Without flattening, Yosys cannot optimise across module boundaries, so the figures are a
+    little above the build's own; they say where the logic is, the build says how much.
+
+    Raises
+    ------
+    BuildError
+        The RTLIL is gone from the build folder, or Yosys failed.
+    """
+    folder = report.bitstream.parent
+    kept = folder / "modules.json"
+    if kept.exists():
+        try:
+            return json.loads(kept.read_text())
+        except ValueError:
+            pass  # rewritten below
+    rtlil = folder / f"{report.design}.il"
+    if not rtlil.is_file():
+        raise BuildError(f"{rtlil} is missing: rebuild {report.design!r} to see its modules")
+    board = get_board(report.board)
+    env = yowasp_env(board.family)
+    script = (f"read_rtlil {rtlil.name}; synth_{board.family} -noflatten -top {report.design}; "
+              "tee -q -o modules.stat.json stat -json")
+    with tempfile.TemporaryDirectory(prefix="offload-modules-") as tmp:
+        shutil.copy(rtlil, tmp)
+        result = subprocess.run([env["YOSYS"], "-q", "-p", script], cwd=tmp, env=env,
+                                capture_output=True, text=True)
+        stat_file = Path(tmp) / "modules.stat.json"
+        if result.returncode != 0 or not stat_file.is_file():
+            raise BuildError(f"Yosys failed (exit status {result.returncode}) counting the "
+                             f"modules of {report.design!r}:\n"
+                             f"{_tail(None, result.stdout + result.stderr)}")
+        modules = subtree_cells(json.loads(stat_file.read_text()), report.design)
+    temporary = kept.with_name(f"modules.json.{os.getpid()}")
+    temporary.write_text(json.dumps(modules, indent=1, sort_keys=True) + "\n")
+    os.replace(temporary, kept)
+    return modules
 
 
 # --- the build -----------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from . import kernels as registry
 from .errors import OffloadError
 from .gateware import board_width, device_design, kernel_label
 
-__all__ = ["build_kernel", "build_device", "check_build_dir", "print_report", "progress_bar"]
+__all__ = ["build_kernel", "build_device", "check_build_dir", "module_rows", "print_modules",
+           "print_report", "progress_bar"]
 
 
 def check_build_dir(build_dir: Path | None, what: str = "the build folder") -> Path:
@@ -147,6 +148,56 @@ def fit_line(device, name: str, unit: str, amount: int, measured) -> str | None:
 
 # I/O cells and global resources a kernel alone uses for its pins, not for its logic.
 _PADS = {"SB_IO", "TRELLIS_IO", "SB_GB", "DCCA", "GSR"}
+
+
+#: The columns of the modules table, in order; a column no module uses is left out.
+_MODULE_COLUMNS = ("LUT4", "carry", "flip-flops", "block RAM", "LUT RAM", "SPRAM", "DSP")
+
+
+def module_rows(modules: dict[str, dict[str, int]], kernel_ids: dict[int, str]
+                ) -> list[tuple[str, dict[str, int]]]:
+    """The rows of the modules table, ``(label, cells)``, from
+    :func:`boards.build.module_resources` of a device: the whole device; the link (everything
+    but the kernels) and its parts (the top's modules, and the bridge's own ones); then each
+    kernel, named from ``kernel_ids`` (id to name)."""
+    def minus(a: dict[str, int], *others: dict[str, int]) -> dict[str, int]:
+        return {k: v - sum(o.get(k, 0) for o in others) for k, v in a.items()}
+
+    kernels = {path: cells for path, cells in modules.items()
+               if path.startswith("bridge.kernel_") and path.count(".") == 1}
+    parts = sorted(path for path, cells in modules.items()
+                   if path and path.count(".") == 0 and path != "bridge" and any(cells.values()))
+    bridge_parts = sorted(path for path, cells in modules.items()
+                          if path.startswith("bridge.") and path.count(".") == 1
+                          and path not in kernels and any(cells.values()))
+    rows = [("whole device", modules.get("", {})),
+            ("link (all but the kernels)", minus(modules.get("", {}), *kernels.values()))]
+    rows += [(f"  {path}", modules[path]) for path in parts]
+    if "bridge" in modules:
+        rows.append(("  bridge, its own logic", minus(modules["bridge"], *(
+            modules[path] for path in bridge_parts), *kernels.values())))
+        rows += [(f"    {path}", modules[path]) for path in bridge_parts]
+    for path in sorted(kernels, key=lambda path: int(path.rsplit("_", 1)[1])):
+        kernel_id = int(path.rsplit("_", 1)[1])
+        rows.append((f"kernel {kernel_ids.get(kernel_id, kernel_id)} ({path})", kernels[path]))
+    return rows
+
+
+def print_modules(report, kernel_ids: dict[int, str], console: Console) -> None:
+    """Where a device's logic is: Yosys's cells for the link, its parts and each kernel."""
+    from boards.build import module_resources
+
+    rows = module_rows(module_resources(report), kernel_ids)
+    columns = [c for c in _MODULE_COLUMNS if any(cells.get(c) for _, cells in rows)]
+    table = Table(title="cells by module (Yosys with the hierarchy kept, before place and "
+                        "route: a logic cell holds a LUT4, a carry and a flip-flop)",
+                  title_justify="left")
+    table.add_column("module")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for label, cells in rows:
+        table.add_row(label, *(f"{cells.get(c, 0):,}" for c in columns))
+    console.print(table)
 
 
 def print_report(report, console: Console) -> None:

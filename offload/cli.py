@@ -115,10 +115,14 @@ def _board_names() -> list[str]:
 @click.option("--per-kernel", is_flag=True,
               help="Also build each kernel of the device alone (cached), and show its own "
                    "fmax and resources beside the device's.")
+@click.option("--modules/--no-modules", default=True, show_default=True,
+              help="Show a device's cells by module: the link, its parts and each kernel "
+                   "(a second Yosys run that keeps the hierarchy, kept with the build).")
 @click.option("--build-dir", type=click.Path(path_type=Path), default=None,
               help="Where to build (default: the cache, keyed by the design's hash).")
 def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int | None,
-              kernel_only: bool, per_kernel: bool, build_dir: Path | None) -> None:
+              kernel_only: bool, per_kernel: bool, modules: bool,
+              build_dir: Path | None) -> None:
     """Build a bitstream and report fmax against the board clock and resource use.
 
     By default the device: the UART link at the board's rate, the link bridge and the kernels.
@@ -128,6 +132,7 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
         build_kernel,
         check_build_dir,
         print_kernels,
+        print_modules,
         print_report,
         progress_bar,
     )
@@ -148,10 +153,16 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
         else:
             report = build_device(board, kernel_names, width=width, params=params,
                                   build_dir=build_dir, progress=progress)
-            if per_kernel:
-                from .gateware import device_design
+            from .gateware import device_design
 
-                design = device_design(board, kernel_names, width, params=params)
+            design = device_design(board, kernel_names, width, params=params)
+            if modules:
+                from boards.build import module_resources
+
+                task = progress.add_task(f"{board}: {design.name}: cells by module", total=None)
+                module_resources(report)  # kept with the build: printed below
+                progress.remove_task(task)
+            if per_kernel:
                 for spec, values in design.kernels:
                     alone.append((spec.name, build_kernel(board, spec.name,
                                                           params=dict(values),
@@ -163,6 +174,8 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
                                     for point, n in points]
                         fits.append((spec.name, unit, amount, measured))
     print_report(report, console)
+    if modules and not kernel_only:
+        print_modules(report, {spec.id: spec.name for spec, _ in design.kernels}, console)
     if alone:
         print_kernels(report, alone, console, fits)
     if not kernel_only:

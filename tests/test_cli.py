@@ -149,6 +149,17 @@ def test_build_per_kernel_shows_each_kernels_own_resources():
         assert 0 < used < device_used  # the kernel is part of the device, the link the rest
         assert f"{name}{alone.fmax_mhz:.1f}" in text and f"ICESTORM_LC{used}/{available}" in text
     assert f"ICESTORM_LC{available - device_used}" in text.split("roomleftinthedevice:")[1]
+    # Cells by module (issue 11): the link's and each kernel's, from the build's kept count.
+    from boards.build import module_resources
+    from offload.build import module_rows
+
+    ids = {kernels.get(name).id: name for name in names}
+    rows = dict(module_rows(module_resources(device), ids))
+    for name in names:
+        label = f"kernel {name} (bridge.kernel_{kernels.get(name).id})"
+        assert label.replace(" ", "") + f"{rows[label]['LUT4']:,}" in text
+    link = rows["link (all but the kernels)"]
+    assert "link(allbutthekernels)" + f"{link['LUT4']:,}" in text and link["LUT4"] > 0
     refused = run("build", "--board", "icebreaker", "--kernel-only", "--per-kernel")
     assert refused.exit_code == 2 and "--per-kernel is for a device" in refused.output
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ from boards.build import (
     _over_capacity,
     constrained_platform,
     critical_path_sources,
+    module_resources,
     parse_critical_path,
     parse_fmax,
     parse_utilisation,
     parse_yosys_cells,
+    subtree_cells,
 )
 from hdl.kernels.crc32c import Crc32cKernel
 
@@ -302,6 +305,57 @@ def test_build_icebreaker_crc32c_w1(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert again.cached
     assert again.fmax_mhz == report.fmax_mhz
     assert again.bitstream == report.bitstream
+
+    # Cells by module: the kernel (``core``) holds most of the logic, the pins' folding the
+    # rest, and every module holds its submodules'.
+    modules = module_resources(report)
+    assert 0 < modules["core"]["LUT4"] < modules[""]["LUT4"]
+    for child, inner in modules.items():
+        parent = child.rsplit(".", 1)[0] if "." in child else ""
+        if child:
+            assert all(modules[parent].get(kind, 0) >= n for kind, n in inner.items())
+    assert (report.bitstream.parent / "modules.json").is_file()
+
+    def no_tools(*args, **kwargs):
+        raise AssertionError("a second call ran Yosys again")
+
+    monkeypatch.setattr(subprocess, "run", no_tools)
+    assert module_resources(again) == modules
+
+
+def test_subtree_cells_counts_each_module_with_its_submodules():
+    stat = {"modules": {
+        "\\top": {"num_cells_by_type": {"top.a": 1, "top.b": 1, "SB_GB_IO": 1}},
+        "\\top.a": {"num_cells_by_type": {"SB_LUT4": 10, "SB_DFFESR": 3, "SB_DFF": 2,
+                                           "top.a.c": 1}},
+        "\\top.a.c": {"num_cells_by_type": {"SB_LUT4": 5, "SB_CARRY": 4, "SB_RAM40_4K": 1}},
+        "\\top.b": {"num_cells_by_type": {"SB_IO": 2}},
+    }}
+    cells = subtree_cells(stat, "top")
+    assert cells["a.c"] == {"LUT4": 5, "carry": 4, "block RAM": 1}
+    assert cells["a"] == {"LUT4": 15, "flip-flops": 5, "carry": 4, "block RAM": 1}
+    assert cells[""] == cells["a"] and cells["b"] == {}  # I/O cells are not logic
+
+
+def test_module_rows_split_the_device_into_link_and_kernels():
+    from offload.build import module_rows
+
+    modules = {
+        "": {"LUT4": 100, "flip-flops": 60},
+        "uart_rx": {"LUT4": 5, "flip-flops": 4},
+        "bridge": {"LUT4": 95, "flip-flops": 56},
+        "bridge.decoder": {"LUT4": 7, "flip-flops": 3},
+        "bridge.kernel_1": {"LUT4": 30, "flip-flops": 20},
+        "bridge.kernel_1.queue": {"LUT4": 10, "flip-flops": 10},
+        "bridge.kernel_12": {"LUT4": 8, "flip-flops": 1},
+    }
+    rows = dict(module_rows(modules, {1: "crc32c"}))
+    assert rows["link (all but the kernels)"] == {"LUT4": 62, "flip-flops": 39}
+    assert rows["  bridge, its own logic"] == {"LUT4": 50, "flip-flops": 32}
+    assert rows["kernel crc32c (bridge.kernel_1)"] == modules["bridge.kernel_1"]
+    assert rows["kernel 12 (bridge.kernel_12)"] == modules["bridge.kernel_12"]
+    assert list(rows)[-2:] == ["kernel crc32c (bridge.kernel_1)", "kernel 12 (bridge.kernel_12)"]
+    assert "    bridge.decoder" in rows and "  uart_rx" in rows
 
 
 class _Counter(Elaboratable):
