@@ -114,8 +114,10 @@ System kernel opcodes:
 * OP_SYNC: see above.
 """
 
+from amaranth.lib import data
+
 __all__ = [
-    "LINK_VERSION", "HEADER_SIZE", "CRC_SIZE", "SEQ_BITS", "SEQ_MASK",
+    "LINK_VERSION", "HEADER", "HEADER_SIZE", "CRC_SIZE", "SEQ_BITS", "SEQ_MASK",
     "FLAG_MORE", "FLAG_CONTINUE", "FLAG_RESPONSE", "REPLAY_WINDOW", "SYNC_GAP",
     "MAX_PAYLOAD", "MAX_RESPONSE", "SYSTEM_KERNEL_ID",
     "OP_CALL", "OP_RESET", "MAX_OPERATIONS", "OP_MANIFEST", "OP_COUNTERS", "OP_SYNC",
@@ -126,7 +128,21 @@ __all__ = [
 ]
 
 LINK_VERSION = 2
-HEADER_SIZE = 10
+
+#: The header, as both ends hold it: fields in wire order, each little-endian. An Amaranth
+#: layout packs its first field into the lowest bits, so a header's value as an integer, in
+#: ``HEADER_SIZE`` little-endian bytes, is the header on the wire; the gateware fills a
+#: ``Signal(HEADER)`` a byte at a time and the host packs and unpacks the same fields
+#: (``offload.link.codec``).
+HEADER = data.StructLayout({
+    "version": 8,  # LINK_VERSION
+    "kernel": 8,   # 0 is the system kernel
+    "op": 8,       # request: opcode; response: status
+    "flags": 8,    # FLAG_*
+    "seq": 32,     # sequence number (or a system request's nonce)
+    "length": 16,  # payload bytes
+})
+HEADER_SIZE = HEADER.size // 8
 CRC_SIZE = 4
 FLAG_MORE = 0x01
 FLAG_CONTINUE = 0x02

@@ -12,8 +12,27 @@ from hdl.link import protocol as p
 
 __all__ = ["Frame", "FrameError", "encode_frame", "decode_frame", "FrameSplitter", "wire_size"]
 
-_HEADER = struct.Struct("<BBBBIH")
+
+
+def _header_struct() -> struct.Struct:
+    """``struct`` for :data:`hdl.link.protocol.HEADER`: its fields in order, little-endian
+    (the layout's own packing, read without Amaranth on the hot path)."""
+    codes = {8: "B", 16: "H", 32: "I", 64: "Q"}
+    offset = 0
+    fmt = "<"
+    for name, field in p.HEADER:
+        width = field.width
+        if field.offset != offset or width not in codes:
+            raise AssertionError(f"protocol.HEADER field {name!r} is not a whole number of "
+                                 "bytes in wire order")
+        fmt += codes[width]
+        offset += width
+    return struct.Struct(fmt)
+
+
+_HEADER = _header_struct()
 assert _HEADER.size == p.HEADER_SIZE
+assert [name for name, _ in p.HEADER] == ["version", "kernel", "op", "flags", "seq", "length"]
 
 
 class FrameError(ValueError):

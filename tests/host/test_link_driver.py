@@ -32,6 +32,19 @@ def test_frame_round_trip(kernel, op, seq, payload, flags):
     assert decode_frame(wire[:-1]) == frame
 
 
+@given(st.integers(0, 255), st.integers(0, 255), st.integers(0, p.SEQ_MASK),
+       st.binary(max_size=40), st.integers(0, 255))
+def test_the_host_packs_the_header_as_the_gateware_layout_does(kernel, op, seq, payload, flags):
+    """One header layout (``protocol.HEADER``) for both ends: the bytes the host sends are the
+    layout's value, little-endian, with its fields set from the frame."""
+    from cobs import cobs
+
+    body = cobs.decode(encode_frame(Frame(kernel, op, seq, payload, flags))[:-1])
+    header = p.HEADER.const({"version": p.LINK_VERSION, "kernel": kernel, "op": op,
+                             "flags": flags, "seq": seq, "length": len(payload)})
+    assert body[:p.HEADER_SIZE] == header.as_value().value.to_bytes(p.HEADER_SIZE, "little")
+
+
 def test_corrupt_frame_is_rejected():
     wire = bytearray(encode_frame(Frame(1, 0, 7, b"hello")))
     wire[5] ^= 0x10
