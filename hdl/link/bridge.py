@@ -16,7 +16,10 @@ execute
     frame's sequence number. It frees the frame buffer as soon as the payload has been read.
 send
     builds each response frame (header, payload from a replay slot, the manifest ROM, the
-    counters or a register, CRC-32C) one byte per cycle and COBS-encodes it.
+    counters or a register, CRC-32C) one byte per cycle and COBS-encodes it. The counters
+    live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM): each is read
+    from it, as it is when the read is taken, just before its first byte goes, and the send
+    waits the two cycles that takes.
 
 Kernel traffic is a byte per cycle, packed into and unpacked from each kernel's beats of
 ``width`` bytes. Everything the bridge drives into a kernel comes from its own flip-flops
@@ -88,6 +91,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from ..kernels.crc32c import INIT, XOROUT, crc32c_ref, crc_byte_step
 from ..stream import WIDTHS, byte_stream, request_stream
 from .cobs import CobsDecoder, CobsEncoder
+from .counters import CounterBank
 from .protocol import (
     CRC_SIZE,
     FLAG_CONTINUE,
@@ -281,11 +285,12 @@ class LinkBridge(wiring.Component):
             m.submodules[f"kernel_{kernel_id}"] = ResetInserter(reset)(component)
             m.d.sync += reset.eq(0)
 
-        link_ctr = {name: Signal(32, name=f"ctr_{name}") for name in LINK_COUNTERS}
-        kernel_ctr = [
-            {name: Signal(32, name=f"ctr_k{kernel_id}_{name}") for name in KERNEL_COUNTERS}
-            for kernel_id, _ in self.kernels
-        ]
+        # The counters of OP_COUNTERS, but open_message (a kernel's in_msg, live), are kept in a
+        # bank: the link's, then each kernel's, in the order they are reported.
+        kernel_events = [name for name in KERNEL_COUNTERS if name != "open_message"]
+        m.submodules.counters = bank = CounterBank(
+            len(LINK_COUNTERS) + len(kernel_events) * n_kernels)
+        k_events = [{} for _ in range(n_kernels)]
 
         # ---- Receive ----------------------------------------------------------------------
 
@@ -797,16 +802,12 @@ class LinkBridge(wiring.Component):
                 i.payload.op.eq(x.opcode),
                 o.ready.eq(Mux(selected, collect_ready, ~in_msg[k] & ~out_open[k])),
             ]
-            ctr = kernel_ctr[k]
-            m.d.comb += ctr["open_message"].eq(in_msg[k])
-            with m.If(in_msg[k]):
-                m.d.sync += ctr["busy_cycles"].eq(ctr["busy_cycles"] + 1)
-            with m.If(i.valid & i.ready):
-                m.d.sync += ctr["beats_in"].eq(ctr["beats_in"] + 1)
-            with m.If(o.valid & o.ready):
-                m.d.sync += ctr["beats_out"].eq(ctr["beats_out"] + 1)
-                with m.If(o.payload.last & o.payload.error):
-                    m.d.sync += ctr["errors"].eq(ctr["errors"] + 1)
+            k_events[k].update(
+                busy_cycles=in_msg[k],
+                beats_in=i.valid & i.ready,
+                beats_out=o.valid & o.ready,
+                errors=o.valid & o.ready & o.payload.last & o.payload.error,
+            )
 
         # ---- Send -------------------------------------------------------------------------
 
@@ -836,7 +837,6 @@ class LinkBridge(wiring.Component):
         b_more = Signal()
         b_crc = Signal(32)
         cnt = Signal(16)
-        hold = Signal(24)  # the rest of a counter whose first byte has gone, so it is not torn
         tx_byte = Signal(8)
         tx_crc_next = crc_byte_step(m, b_crc, tx_byte, "tx_crc")
         frame_sent = Signal()
@@ -850,10 +850,33 @@ class LinkBridge(wiring.Component):
         if self.manifest:
             m.d.comb += rom_rd.addr.eq(Mux(pay_next >= _SEQ_BYTES, pay_next - _SEQ_BYTES, 0))
 
-        counters = [link_ctr[name] for name in LINK_COUNTERS]
-        counters += [ctr[name] for ctr in kernel_ctr for name in KERNEL_COUNTERS]
-        counter_word = Array(counters)[cnt[2:2 + ceil_log2(len(counters))]]
-        counter_byte = Mux(cnt[:2] == 0, counter_word[:8], hold[:8])
+        # Counters: before the first byte of each word, the word is read from the bank (or, for
+        # open_message, taken live); the send waits for it. The bank's rd_data holds the word
+        # while its bytes go, so they are all of one reading.
+        words = []  # per payload word: its counter in the bank, or the kernel whose in_msg it is
+        words += [("bank", i) for i in range(len(LINK_COUNTERS))]
+        for k in range(n_kernels):
+            for name in KERNEL_COUNTERS:
+                if name == "open_message":
+                    words.append(("open", k))
+                else:
+                    index = len(LINK_COUNTERS) + len(kernel_events) * k
+                    words.append(("bank", index + kernel_events.index(name)))
+        assert 4 * len(words) == self.counters_size
+        c_have = Signal()  # the word at cnt is in bank.rd_data
+        c_wait = Signal()  # it has been asked for
+        c_open = Signal()  # the word at cnt is an open_message
+        c_live = Signal()  # and its value
+        with m.Switch(cnt[2:2 + ceil_log2(len(words))]):
+            for w, (kind, index) in enumerate(words):
+                with m.Case(w):
+                    if kind == "bank":
+                        m.d.comb += bank.rd_addr.eq(index)
+                    else:
+                        m.d.comb += [c_open.eq(1), c_live.eq(in_msg[index])]
+        counter_word = Mux(c_open, c_live, bank.rd_data)
+        counter_byte = counter_word.word_select(cnt[:2], 8)
+        c_ready = c_have | bank.rd_valid
         value_byte = b_value.word_select(cnt[:2], 8)
 
         def emit(last=0):
@@ -912,13 +935,18 @@ class LinkBridge(wiring.Component):
                         m.d.comb += tx_byte.eq(counter_byte)
                     with m.Case(_Source.VALUE):
                         m.d.comb += tx_byte.eq(value_byte)
-                with m.If(advance):
+                counting = b_src == _Source.COUNTERS
+                with m.If(counting & ~c_have & ~c_wait):
+                    m.d.comb += bank.rd_en.eq(1)
+                    with m.If(bank.rd_ready):
+                        m.d.sync += c_wait.eq(1)
+                with m.If(bank.rd_valid):
+                    m.d.sync += [c_wait.eq(0), c_have.eq(1)]
+                with m.If(advance & (~counting | c_ready)):
                     emit()
                     m.d.sync += [b_crc.eq(tx_crc_next), cnt.eq(cnt + 1)]
-                    with m.If(cnt[:2] == 0):
-                        m.d.sync += hold.eq(counter_word[8:])
-                    with m.Else():
-                        m.d.sync += hold.eq(hold >> 8)
+                    with m.If(cnt[:2] == 3):
+                        m.d.sync += c_have.eq(0)
                     with m.If(cnt == b_length - 1):
                         m.d.sync += cnt.eq(0)
                         m.next = "CRC"
@@ -944,8 +972,10 @@ class LinkBridge(wiring.Component):
             "frames_out": frame_sent,
         }
         assert set(events) == set(LINK_COUNTERS), "a link counter has no event"
-        for name, event in events.items():
-            with m.If(event):
-                m.d.sync += link_ctr[name].eq(link_ctr[name] + 1)
+        incs = [events[name] for name in LINK_COUNTERS]
+        for k_event in k_events:
+            assert set(k_event) == set(kernel_events), "a kernel counter has no event"
+            incs += [k_event[name] for name in kernel_events]
+        m.d.comb += bank.inc.eq(Cat(incs))
 
         return m
