@@ -413,6 +413,7 @@ def build(
     synth_opts: Sequence[str] = (),
     progress: Callable[[str, int, int], None] | None = None,
     use_cache: bool = True,
+    clock_mhz: float | None = None,
 ) -> BuildReport:
     """Build ``design`` for ``board`` and report its fmax and resource use.
 
@@ -438,6 +439,10 @@ def build(
         tool's name; and ``("done", total, total)`` at the end.
     use_cache : bool
         Whether a finished build of the same key may be returned instead of building again.
+    clock_mhz : float, optional
+        The clock the design runs at when it makes its own from the oscillator with a PLL (which
+        constrains its output itself): the report's ``board_clock_mhz`` and ``target_mhz``. By
+        default the board's oscillator is the clock.
 
     Raises
     ------
@@ -535,8 +540,8 @@ def build(
         board=board.name,
         design=name,
         fmax_mhz=min(clocks.values()),
-        target_mhz=target,
-        board_clock_mhz=board.clock_mhz,
+        target_mhz=target if clock_mhz is None else clock_mhz,
+        board_clock_mhz=board.clock_mhz if clock_mhz is None else clock_mhz,
         resources=parse_utilisation(pnr_log),
         cells=parse_yosys_cells(synth_log),
         clocks=clocks,

@@ -58,12 +58,16 @@ class LinkTop(wiring.Component):
         Largest request payload, in bytes.
     timeout_ms : float
         Silence after which a half-received frame is dropped.
+    pll : bool
+        In ``"board"`` mode, make the clock (``clock_hz``) from the board's oscillator with its
+        PLL (:class:`boards.pll.PllClock`); otherwise the oscillator is the clock. The other
+        modes take their clock from the harness.
     """
 
     def __init__(self, kernels: Sequence[tuple[int, wiring.Component]], manifest: bytes, *,
                  clock_hz: int, baud: int, mode: str = "board",
                  uart: tuple[str, int] = ("uart", 0), max_payload: int = 1024,
-                 timeout_ms: float = 10.0):
+                 timeout_ms: float = 10.0, pll: bool = False):
         if mode not in MODES:
             raise ValueError(f"LinkTop mode must be one of {MODES}, not {mode!r}")
         if not isinstance(clock_hz, int) or clock_hz <= 0:
@@ -74,6 +78,7 @@ class LinkTop(wiring.Component):
                 f"({clock_hz} Hz), not {baud!r}"
             )
         self.mode = mode
+        self.pll = pll
         self.uart = uart
         self.divisor = round(clock_hz / baud)
         self.clock_hz = clock_hz
@@ -95,6 +100,10 @@ class LinkTop(wiring.Component):
             wiring.connect(m, bridge.o_bytes, wiring.flipped(self.o_bytes))
             return m
 
+        if self.mode == "board" and self.pll:
+            from .pll import PllClock
+
+            m.submodules.clock = PllClock(self.clock_hz)
         m.submodules.uart_rx = rx = UartRx(self.divisor)
         m.submodules.uart_tx = tx = UartTx(self.divisor)
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=rx_fifo_depth())

@@ -46,6 +46,9 @@ class Board:
         Baud rate of the host link on that UART.
     target_mhz : float
         Clock constraint of a kernel measurement build (see :mod:`boards.build`).
+    pll_hz : tuple of int
+        Clocks the board's PLL makes for a device (see :mod:`boards.pll`), besides the
+        oscillator; :meth:`device_hz` picks one for a link rate.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Board:
     uart: tuple[str, int]
     link_baud: int
     target_mhz: float
+    pll_hz: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -76,6 +80,39 @@ class Board:
         """The board clock in MHz."""
         return self.clock_hz / 1e6
 
+    def device_hz(self, baud: int | None = None) -> int:
+        """The clock a device runs at for a link of ``baud`` (default :attr:`link_baud`).
+
+        The slowest of the oscillator and the PLL's clocks that divides the rate exactly into
+        at least :data:`GOOD_DIVISOR` cycles a bit; failing that, the slowest that gives at
+        least ``hdl.link.uart.MIN_DIVISOR`` cycles within :data:`BAUD_TOLERANCE` of the rate
+        (115,200 baud, which no clock here divides exactly).
+
+        Raises
+        ------
+        BoardError
+            No clock of the board runs the UART at ``baud``; the message says which rates do.
+        """
+        from hdl.link.uart import MIN_DIVISOR
+
+        baud = self.link_baud if baud is None else baud
+        if not isinstance(baud, int) or isinstance(baud, bool) or baud <= 0:
+            raise BoardError(f"A baud rate is a positive whole number, not {baud!r}")
+        clocks = sorted({self.clock_hz, *self.pll_hz})
+        for clock in clocks:
+            if clock % baud == 0 and clock // baud >= GOOD_DIVISOR:
+                return clock
+        for clock in clocks:
+            divisor = round(clock / baud)
+            if divisor >= MIN_DIVISOR and abs(clock / divisor - baud) <= BAUD_TOLERANCE * baud:
+                return clock
+        exact = sorted({c // d for c in clocks for d in (GOOD_DIVISOR, 10, 12, 16, 25)
+                        if c % d == 0 and (c // d) % 100 == 0}, reverse=True)
+        raise BoardError(
+            f"{self.name} cannot run its UART at {baud:,} baud from its clocks "
+            f"({', '.join(f'{c / 1e6:g} MHz' for c in clocks)}); rates it runs exactly include "
+            f"{', '.join(f'{r:,}' for r in exact[:6])}")
+
     @property
     def device(self) -> str:
         """The FPGA part and package, from the platform, for reports."""
@@ -86,19 +123,25 @@ class Board:
 
 # Link baud rates. A rate is safe when both ends produce it exactly: the FPGA's UART divides its
 # clock by a whole number of cycles per bit, and the FTDI chip's baud generator (3 MHz divided by
-# n + k/8) hits it without error. 1 Mbaud is 12 cycles per bit at 12 MHz and 25 at 25 MHz, and
-# 3 MHz / 3 on both FTDI parts, so it is exact everywhere, with enough cycles per bit to sample
-# each bit near its middle. Faster rates are not: the FT231X on the ULX3S tops out at 3 Mbaud,
-# which is 8.33 cycles per bit at 25 MHz (a fractional divider would jitter a bit by 12 %), and
-# the iCEBreaker's FT2232H could go to 12 Mbaud but its FPGA clock cannot sample that. If a host
-# adapter misbehaves at 1 Mbaud, 115200 is the universally supported fallback (0.2 % error at
-# 12 MHz, 0.01 % at 25 MHz).
+# n + k/8) hits it without error. Both boards' USB UARTs (the iCEBreaker's FT2232H, the ULX3S's
+# FT231X) make 3 Mbaud exactly (3 MHz / 1), the FT231X's top rate. The oscillators do not divide
+# it well (4 cycles a bit at 12 MHz, 8.33 at 25 MHz, where a fractional divider would jitter a
+# bit by 12%), so a device runs from a PLL: 24 MHz on the iCEBreaker (8 cycles a bit) and
+# 48 MHz on the ULX3S (16). 1 Mbaud (``offload build --baud 1000000``) runs from the
+# oscillators, 12 and 25 cycles a bit; 115,200 is the universally supported fallback (0.2%
+# error at 12 MHz, 0.01% at 25 MHz).
 #
 # Measurement targets: the fmax goals of the kernels each board carries (CRC-32C: 84.7 MHz at
 # 1 byte a beat on the iCE40 UP5K, 170.7 MHz at 4 on the ECP5-85F), rounded up. nextpnr places
 # and routes toward its constraint and reports the achieved frequency either way; beyond that
 # the value matters little (ECP5: 180, 200 and 220 MHz gave identical results seed for seed;
 # iCE40: 90, 100 and 120 MHz differed by less than the spread between seeds).
+#: Cycles a bit a UART clock gives when the rate is chosen freely: enough to sample each bit
+#: near its middle with room for a 2% mismatch between the two ends.
+GOOD_DIVISOR = 8
+#: How far a UART's rate may be from the one asked for when no clock divides it exactly.
+BAUD_TOLERANCE = 0.01
+
 BOARDS: dict[str, Board] = {
     board.name: board
     for board in (
@@ -106,15 +149,17 @@ BOARDS: dict[str, Board] = {
             name="icebreaker",
             platform=ICEBreakerPlatform,
             uart=("uart", 0),
-            link_baud=1_000_000,
+            link_baud=3_000_000,
             target_mhz=90.0,
+            pll_hz=(24_000_000,),
         ),
         Board(
             name="ulx3s-85f",
             platform=ULX3S_85F_Platform,
             uart=("uart", 0),
-            link_baud=1_000_000,
+            link_baud=3_000_000,
             target_mhz=180.0,
+            pll_hz=(48_000_000,),
         ),
     )
 }

@@ -115,13 +115,16 @@ def _board_names() -> list[str]:
 @click.option("--per-kernel", is_flag=True,
               help="Also build each kernel of the device alone (cached), and show its own "
                    "fmax and resources beside the device's.")
+@click.option("--baud", type=click.IntRange(min=1), default=None,
+              help="The link's rate in baud (default: the board's, 3,000,000). The device's "
+                   "clock is chosen to divide it: the oscillator, or the board's PLL.")
 @click.option("--modules/--no-modules", default=True, show_default=True,
               help="Show a device's cells by module: the link, its parts and each kernel "
                    "(a second Yosys run that keeps the hierarchy, kept with the build).")
 @click.option("--build-dir", type=click.Path(path_type=Path), default=None,
               help="Where to build (default: the cache, keyed by the design's hash).")
 def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int | None,
-              kernel_only: bool, per_kernel: bool, modules: bool,
+              kernel_only: bool, per_kernel: bool, baud: int | None, modules: bool,
               build_dir: Path | None) -> None:
     """Build a bitstream and report fmax against the board clock and resource use.
 
@@ -140,6 +143,8 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
     check_build_dir(build_dir, "--build-dir")  # before a build of minutes, not in its middle
     if kernel_only and per_kernel:
         raise click.UsageError("--per-kernel is for a device; --kernel-only builds one kernel")
+    if kernel_only and baud is not None:
+        raise click.UsageError("--baud is the device's link; --kernel-only builds one kernel")
     kernel_names = [name for name, _ in kernel_args]
     params = {name: values for name, values in kernel_args if values}
     alone, fits = [], []
@@ -151,11 +156,11 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
             report = build_kernel(board, kernel, width=width, params=params.get(kernel),
                                   build_dir=build_dir, progress=progress)
         else:
-            report = build_device(board, kernel_names, width=width, params=params,
-                                  build_dir=build_dir, progress=progress)
             from .gateware import device_design
 
-            design = device_design(board, kernel_names, width, params=params)
+            design = device_design(board, kernel_names, width, params=params, baud=baud)
+            report = build_device(board, kernel_names, width=width, params=params,
+                                  build_dir=build_dir, progress=progress, baud=baud)
             if modules:
                 from boards.build import module_resources
 
@@ -181,9 +186,13 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
     if not kernel_only:
         from boards import get_board
 
-        baud = get_board(board).link_baud
-        console.print(f"  link: UART at {baud:,} baud ({baud / 10 / 1e3:,.0f} kB/s before "
-                      "framing)")
+        oscillator = get_board(board).clock_hz
+        clock = (f"the {oscillator / 1e6:g} MHz oscillator" if design.clock_hz == oscillator
+                 else f"{design.clock_hz / 1e6:g} MHz from the PLL "
+                      f"({oscillator / 1e6:g} MHz oscillator)")
+        console.print(f"  link: UART at {design.link_baud:,} baud "
+                      f"({design.link_baud / 10 / 1e3:,.0f} kB/s before framing), "
+                      f"{design.clock_hz // design.link_baud} cycles a bit of {clock}")
 
 
 @main.command("bench")

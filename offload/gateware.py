@@ -55,6 +55,21 @@ class DeviceDesign:
     board: str
     kernels: tuple[tuple[registry.KernelSpec, tuple[tuple[str, int], ...]], ...]
     max_payload: int = p.MAX_PAYLOAD
+    baud: int | None = None  # the link's rate; None: the board's
+
+    @property
+    def link_baud(self) -> int:
+        from boards import get_board
+
+        return get_board(self.board).link_baud if self.baud is None else self.baud
+
+    @property
+    def clock_hz(self) -> int:
+        """The clock the device runs at: the board's oscillator, or its PLL's clock for the
+        link rate (``Board.device_hz``)."""
+        from boards import get_board
+
+        return get_board(self.board).device_hz(self.link_baud)
 
     @property
     def name(self) -> str:
@@ -71,9 +86,9 @@ class DeviceDesign:
         board = get_board(self.board)
         kernels = [{"name": spec.name, "id": spec.id, "version": spec.version,
                     "params": dict(params)} for spec, params in self.kernels]
-        body = {"link": p.LINK_VERSION, "board": board.name, "clock_hz": board.clock_hz,
+        body = {"link": p.LINK_VERSION, "board": board.name, "clock_hz": self.clock_hz,
                 "max_payload": self.max_payload, "max_response": p.MAX_RESPONSE,
-                "window": p.REPLAY_WINDOW, "link_baud": board.link_baud, "kernels": kernels}
+                "window": p.REPLAY_WINDOW, "link_baud": self.link_baud, "kernels": kernels}
         # The build id names this design: the same kernels, widths and board give the same id.
         build = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
         body["build"] = build
@@ -107,20 +122,25 @@ class DeviceDesign:
 
         board = get_board(self.board)
         return LinkTop([(spec.id, spec.component(**dict(params))) for spec, params in self.kernels],
-                       self.manifest(), clock_hz=board.clock_hz, baud=board.link_baud,
-                       mode=mode, uart=board.uart, max_payload=self.max_payload)
+                       self.manifest(), clock_hz=self.clock_hz, baud=self.link_baud,
+                       mode=mode, uart=board.uart, max_payload=self.max_payload,
+                       pll=self.clock_hz != board.clock_hz)
 
 
 def device_design(board: str = "icebreaker", kernel_names: Sequence[str] | None = None,
                   width: int | None = None,
-                  params: Mapping[str, Mapping[str, object]] | None = None) -> DeviceDesign:
+                  params: Mapping[str, Mapping[str, object]] | None = None,
+                  baud: int | None = None) -> DeviceDesign:
     """The design of ``board`` with ``kernel_names`` (default: every kernel that is in a device
     by default), and every kernel named in ``params``, each at ``params[name]``, else the
     board's defaults, else its own; ``width``, if given, for every kernel that has a choice of
-    widths."""
+    widths; the link at ``baud`` (default: the board's rate), the device's clock chosen for it.
+    """
     from boards import get_board
 
-    get_board(board)  # a clear error for an unknown board, before anything else
+    spec_board = get_board(board)  # a clear error for an unknown board, before anything else
+    if baud is not None:
+        spec_board.device_hz(baud)  # a BoardError for a rate the board cannot run
     params = dict(params or {})
     names = list(kernel_names or [spec.name for spec in registry.KERNELS if spec.default])
     names += [name for name in params if name not in names]
@@ -135,4 +155,4 @@ def device_design(board: str = "icebreaker", kernel_names: Sequence[str] | None 
             asked = {**spec.width_params(board_width(board, spec, width)), **asked}
         resolved = spec.resolve(asked, board=board)
         chosen.append((spec, tuple(sorted(resolved.items()))))
-    return DeviceDesign(board, tuple(chosen))
+    return DeviceDesign(board, tuple(chosen), baud=baud)

@@ -30,6 +30,8 @@ from boards.build import (
     parse_yosys_cells,
     subtree_cells,
 )
+from boards.pll import PllError, pll_settings
+from boards.registry import GOOD_DIVISOR
 from hdl.kernels.crc32c import Crc32cKernel
 
 # --- excerpts of real tool output (YoWASP nextpnr 0.11.1, Yosys 0.70) ------------------------
@@ -146,9 +148,54 @@ def test_boards_known():
         platform = board.platform()
         uart = platform.lookup(*board.uart)
         assert {io.name for io in uart.ios} >= {"rx", "tx"}
-        # The link rate divides the board clock exactly, so the UART has no baud error.
-        assert board.clock_hz % board.link_baud == 0
+        # The link rate divides the device's clock exactly into enough cycles a bit, so the
+        # UART has no baud error and samples each bit near its middle; the clock comes from
+        # the PLL, which makes it exactly.
+        clock = board.device_hz()
+        assert clock % board.link_baud == 0 and clock // board.link_baud >= GOOD_DIVISOR
+        assert clock in {board.clock_hz, *board.pll_hz}
+        for hz in board.pll_hz:
+            assert pll_settings(board.family, board.clock_hz, hz).out_hz == hz
         assert board.target_mhz > board.clock_mhz
+    assert (icebreaker.link_baud, icebreaker.device_hz()) == (3_000_000, 24_000_000)
+    assert (ulx3s.link_baud, ulx3s.device_hz()) == (3_000_000, 48_000_000)
+
+
+def test_a_device_clock_is_the_slowest_that_runs_the_link():
+    icebreaker, ulx3s = get_board("icebreaker"), get_board("ulx3s-85f")
+    assert icebreaker.device_hz(1_000_000) == 12_000_000  # 12 cycles a bit, no PLL
+    assert ulx3s.device_hz(1_000_000) == 25_000_000
+    assert icebreaker.device_hz(115_200) == 12_000_000  # 104.2 cycles: 0.16% off
+    assert icebreaker.device_hz(2_000_000) == 24_000_000  # 6 at 12 MHz is too few
+    for rate in (12_000_000, 5_000_000, 0, -1, 3.5):
+        with pytest.raises(BoardError, match="baud"):
+            icebreaker.device_hz(rate)
+
+
+@pytest.mark.parametrize(("family", "fin", "fout"), [
+    ("ice40", 12_000_000, 24_000_000), ("ice40", 12_000_000, 48_000_000),
+    ("ecp5", 25_000_000, 48_000_000), ("ecp5", 25_000_000, 125_000_000),
+])
+def test_pll_settings_are_exact_and_within_the_documented_ranges(family, fin, fout):
+    settings = pll_settings(family, fin, fout)
+    p = dict(settings.params)
+    if family == "ice40":  # TN1251: SIMPLE feedback
+        pfd = fin / (p["DIVR"] + 1)
+        assert 10e6 <= pfd <= 133e6 and 533e6 <= settings.vco_hz <= 1066e6
+        assert fin * (p["DIVF"] + 1) / (p["DIVR"] + 1) / 2 ** p["DIVQ"] == fout
+    else:  # TN1263: CLKOP fed back, the output on CLKOS
+        pfd = fin / p["CLKI_DIV"]
+        clkop = pfd * p["CLKFB_DIV"]
+        assert 3.125e6 <= pfd <= 400e6 and 3.125e6 <= clkop <= 400e6
+        assert 400e6 <= clkop * p["CLKOP_DIV"] == settings.vco_hz <= 800e6
+        assert settings.vco_hz / p["CLKOS_DIV"] == fout
+
+
+def test_a_clock_no_pll_setting_makes_is_refused():
+    with pytest.raises(PllError, match="cannot make exactly 1 MHz"):
+        pll_settings("ice40", 12_000_000, 1_000_000)  # below the iCE40 PLL's 16 MHz
+    with pytest.raises(PllError, match="cannot make exactly"):
+        pll_settings("ecp5", 25_000_000, 48_000_001)
 
 
 def test_unknown_board():
