@@ -17,7 +17,7 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from hdl.errors import OffloadError
 
-__all__ = ["BOARDS", "Board", "BoardError", "FAMILIES", "get_board"]
+__all__ = ["BOARDS", "Board", "BoardError", "FAMILIES", "get_board", "link_rates"]
 
 #: FPGA families the build flow knows, by the name ``sim.toolchain.yowasp_env`` takes.
 FAMILIES = ("ice40", "ecp5")
@@ -49,6 +49,10 @@ class Board:
     pll_hz : tuple of int
         Clocks the board's PLL makes for a device (see :mod:`boards.pll`), besides the
         oscillator; :meth:`device_hz` picks one for a link rate.
+    fallback_baud : int
+        The rate a device is built at when it cannot meet the clock of :attr:`link_baud`
+        (``offload build`` without ``--baud``), run from the oscillator. A host that is not
+        told the rate tries :attr:`link_baud`, then this.
     """
 
     name: str
@@ -57,6 +61,7 @@ class Board:
     link_baud: int
     target_mhz: float
     pll_hz: tuple[int, ...] = ()
+    fallback_baud: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -178,3 +183,11 @@ def get_board(name: str) -> Board:
     except (KeyError, TypeError):
         known = ", ".join(sorted(BOARDS))
         raise BoardError(f"Unknown board {name!r}; the supported boards are: {known}") from None
+
+
+def link_rates() -> list[int]:
+    """The rates a host tries on a serial port it is not told the rate of, in order: every
+    board's link rate, then every board's fallback."""
+    rates = [board.link_baud for board in BOARDS.values()]
+    rates += [board.fallback_baud for board in BOARDS.values()]
+    return list(dict.fromkeys(rates))

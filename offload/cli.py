@@ -116,8 +116,10 @@ def _board_names() -> list[str]:
               help="Also build each kernel of the device alone (cached), and show its own "
                    "fmax and resources beside the device's.")
 @click.option("--baud", type=click.IntRange(min=1), default=None,
-              help="The link's rate in baud (default: the board's, 3,000,000). The device's "
-                   "clock is chosen to divide it: the oscillator, or the board's PLL.")
+              help="The link's rate in baud. The device's clock is chosen to divide it: the "
+                   "oscillator, or the board's PLL. Default: the board's (3,000,000), or its "
+                   "fallback (1,000,000, from the oscillator) for a device too slow for the "
+                   "PLL's clock.")
 @click.option("--modules/--no-modules", default=True, show_default=True,
               help="Show a device's cells by module: the link, its parts and each kernel "
                    "(a second Yosys run that keeps the hierarchy, kept with the build).")
@@ -130,6 +132,8 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
 
     By default the device: the UART link at the board's rate, the link bridge and the kernels.
     """
+    from boards import get_board
+
     from .build import (
         build_device,
         build_kernel,
@@ -161,6 +165,18 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
             design = device_design(board, kernel_names, width, params=params, baud=baud)
             report = build_device(board, kernel_names, width=width, params=params,
                                   build_dir=build_dir, progress=progress, baud=baud)
+            fallback = get_board(board).fallback_baud
+            if baud is None and not report.meets_board_clock and fallback != design.link_baud:
+                # Too slow for the PLL's clock: the link at the fallback rate, from the
+                # oscillator (a host not told the rate tries both).
+                progress.console.print(
+                    f"{design.name} reaches {report.fmax_mhz:.1f} MHz, short of the "
+                    f"{design.clock_hz / 1e6:g} MHz that {design.link_baud:,} baud runs at: "
+                    f"building it at {fallback:,} baud ({report.bitstream.parent} kept)")
+                baud = fallback
+                design = device_design(board, kernel_names, width, params=params, baud=baud)
+                report = build_device(board, kernel_names, width=width, params=params,
+                                      build_dir=build_dir, progress=progress, baud=baud)
             if modules:
                 from boards.build import module_resources
 
@@ -184,8 +200,6 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
     if alone:
         print_kernels(report, alone, console, fits)
     if not kernel_only:
-        from boards import get_board
-
         oscillator = get_board(board).clock_hz
         clock = (f"the {oscillator / 1e6:g} MHz oscillator" if design.clock_hz == oscillator
                  else f"{design.clock_hz / 1e6:g} MHz from the PLL "
@@ -267,7 +281,9 @@ def bench_cmd(kernel_names, size, board_names, device_spec, json_path, plot_path
 
 @main.command("ping")
 @click.argument("device_spec", metavar="DEVICE")
-@click.option("--baud", type=int, default=None, help="UART rate (default: the boards' link rate).")
+@click.option("--baud", type=int, default=None,
+              help="UART rate (default: try the boards' link rate, 3,000,000, then their "
+                   "fallback, 1,000,000).")
 def ping_cmd(device_spec: str, baud: int | None) -> None:
     """Open DEVICE ('sim', 'sim:BOARD', a serial port) and print its manifest."""
     import time

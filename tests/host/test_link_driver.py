@@ -158,3 +158,35 @@ def test_message_left_open_by_a_dead_host_is_ended():
     assert second.counters()["messages_closed"] == 1
     dev = Device("model", second, fallback="never")
     assert dev.crc32c(b"123456789") == 0xE3069283
+
+
+def test_a_serial_port_not_told_its_rate_is_tried_at_3_then_1_mbaud(monkeypatch):
+    """A device built at the fallback rate (1 Mbaud: too slow for the PLL's clock) is found by
+    a host that was not told the rate; one told the rate tries only that."""
+    import offload
+    import offload.link.transport as transport
+
+    model = crc_device()
+    tried = []
+
+    class Port(ModelTransport):
+        """A UART: the model answers only at the rate it was built for, 1 Mbaud."""
+
+        def __init__(self, url, *, baudrate):
+            super().__init__(model, name=url)
+            tried.append(baudrate)
+            self.baudrate = baudrate
+
+        def write(self, data: bytes) -> None:
+            if self.baudrate == 1_000_000:
+                super().write(data)
+
+    monkeypatch.setattr(transport, "SerialTransport", Port)
+    with offload.open("serial:///dev/ttyFAKE", fallback="never", timeout=0.05) as device:
+        assert device.crc32c(b"123456789") == CRC.cpu(b"123456789")
+    assert tried == [3_000_000, 1_000_000]
+    tried.clear()
+    with pytest.raises(DeviceError, match="no answer"):
+        offload.open("serial:///dev/ttyFAKE", fallback="never", timeout=0.05, retries=1,
+                     baudrate=3_000_000)
+    assert tried == [3_000_000]
