@@ -285,7 +285,8 @@ def bench_cmd(kernel_names, size, board_names, device_spec, json_path, plot_path
               help="UART rate (default: try the boards' link rate, 3,000,000, then their "
                    "fallback, 1,000,000).")
 def ping_cmd(device_spec: str, baud: int | None) -> None:
-    """Open DEVICE ('sim', 'sim:BOARD', a serial port) and print its manifest."""
+    """Open DEVICE ('sim', 'sim:BOARD', a serial port, udp://HOST:PORT) and print its
+    manifest."""
     import time
 
     from .device import open_device

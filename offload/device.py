@@ -327,7 +327,7 @@ class _KernelHandle:
         return f"<kernel {self._spec.name} ({ops}) on {self._device.spec!r}>"
 
 
-_LINK_PREFIXES = ("serial://", "socket://", "/dev/", "COM", "rfc2217://", "loop://")
+_LINK_PREFIXES = ("serial://", "socket://", "/dev/", "COM", "rfc2217://", "loop://", "udp://")
 
 
 def check_spec(spec: object) -> None:
@@ -346,7 +346,8 @@ def check_spec(spec: object) -> None:
         return
     raise DeviceError(
         f"unknown device {spec!r}: use 'cpu', 'sim' (or 'sim:BOARD'), 'auto', a serial port "
-        "such as 'serial:///dev/ttyUSB1', or 'socket://HOST:PORT'"
+        "such as 'serial:///dev/ttyUSB1', 'socket://HOST:PORT', or a board on Ethernet, "
+        "'udp://HOST:PORT'"
     )
 
 
@@ -383,8 +384,8 @@ def open_device(spec: str = "cpu", *, fallback: str = "auto", baudrate: int | No
                       retries=retries, params=params)
 
 
-#: Links whose rate is not a UART's: a virtual board's TCP socket, pyserial's loopback.
-_NO_BAUD = ("socket://", "loop://")
+#: Links whose rate is not a UART's: a virtual board's TCP socket, pyserial's loopback, UDP.
+_NO_BAUD = ("socket://", "loop://", "udp://")
 
 
 def _open_link(url: str, *, fallback: str, baudrate: int | None, timeout: float,
@@ -395,12 +396,13 @@ def _open_link(url: str, *, fallback: str, baudrate: int | None, timeout: float,
     from boards.registry import link_rates
 
     from .link.driver import LinkBackend, LinkFailure
-    from .link.transport import SerialTransport
+    from .link.transport import SerialTransport, UdpTransport
 
     rates = [baudrate] if baudrate or url.startswith(_NO_BAUD) else link_rates()
     for n, rate in enumerate(rates):
         last = n == len(rates) - 1
-        transport = SerialTransport(url, baudrate=rate or link_rates()[0])
+        transport = (UdpTransport(url) if url.startswith("udp://")
+                     else SerialTransport(url, baudrate=rate or link_rates()[0]))
         try:
             backend = LinkBackend(transport, timeout=timeout,
                                   retries=retries if last else min(retries, 1),

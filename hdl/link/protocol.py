@@ -17,6 +17,22 @@ Frames are COBS-encoded and each ends with one 0x00 byte. A decoded frame is::
 Every response has FLAG_RESPONSE set, so that a line that echoes (a loopback, a terminal
 program left in echo mode) is never taken for a device answering.
 
+Over UDP (a board on Ethernet, ``udp://HOST:PORT``) a datagram already has a start and an end
+and a checksum, so frames travel without COBS and without delimiters:
+
+* A datagram holds one or more whole frames back to back, each as above before COBS (header,
+  payload, CRC-32C), each frame's length field saying where the next begins. A frame never
+  spans two datagrams, and a datagram holds at most MAX_DATAGRAM bytes (a 1500-byte Ethernet
+  MTU less the IPv4 and UDP headers), so a frame's payload is at most MAX_DATAGRAM - HEADER_SIZE
+  - CRC_SIZE bytes. Small frames share a datagram: the host packs every frame it has to send
+  before it next waits for answers, and the device every response it has ready.
+* A frame that does not fit what is left of its datagram (a length past the end, fewer bytes
+  than a header and a CRC) ends the datagram: the frames before it are taken, it and the rest
+  are dropped and counted as bad, as a bad CRC is.
+* The device answers to the address and port the request came from. UDP may drop, duplicate
+  and reorder datagrams; the rules below (sequence numbers, the replay window, the host's
+  retries and resynchronisation) are what make that safe, as they do for a damaged UART.
+
 Rules the device keeps:
 
 * A frame whose CRC is wrong, or that is shorter than a header and a CRC, is dropped and
@@ -119,7 +135,7 @@ from amaranth.lib import data
 __all__ = [
     "LINK_VERSION", "HEADER", "HEADER_SIZE", "CRC_SIZE", "SEQ_BITS", "SEQ_MASK",
     "FLAG_MORE", "FLAG_CONTINUE", "FLAG_RESPONSE", "REPLAY_WINDOW", "SYNC_GAP",
-    "MAX_PAYLOAD", "MAX_RESPONSE", "SYSTEM_KERNEL_ID",
+    "MAX_PAYLOAD", "MAX_RESPONSE", "MAX_DATAGRAM", "SYSTEM_KERNEL_ID",
     "OP_CALL", "OP_RESET", "MAX_OPERATIONS", "OP_MANIFEST", "OP_COUNTERS", "OP_SYNC",
     "STATUS_OK", "STATUS_BAD_FRAME", "STATUS_UNKNOWN_KERNEL", "STATUS_KERNEL_ERROR",
     "STATUS_TOO_LONG", "STATUS_BAD_OPCODE", "STATUS_OUT_OF_SEQUENCE", "STATUS_BUSY",
@@ -159,6 +175,9 @@ SYNC_GAP = 1 << 16
 MAX_PAYLOAD = 1024
 #: Default largest kernel response a device sends in one frame (and keeps for replay).
 MAX_RESPONSE = 1024
+#: Largest UDP payload a datagram of the link holds: a 1500-byte Ethernet MTU less a 20-byte
+#: IPv4 header and an 8-byte UDP header, so that no datagram is fragmented.
+MAX_DATAGRAM = 1472
 
 SYSTEM_KERNEL_ID = 0
 

@@ -10,7 +10,8 @@ from cobs import cobs
 
 from hdl.link import protocol as p
 
-__all__ = ["Frame", "FrameError", "encode_frame", "decode_frame", "FrameSplitter", "wire_size"]
+__all__ = ["Frame", "FrameError", "FrameSplitter", "decode_body", "decode_frame", "encode_frame",
+           "frame_body", "pack_datagrams", "split_datagram", "wire_size"]
 
 
 
@@ -55,12 +56,17 @@ class Frame:
         return p.STATUS_NAMES.get(self.op, f"status {self.op}")
 
 
-def encode_frame(frame: Frame) -> bytes:
-    """The bytes on the wire for ``frame``: COBS of header, payload and CRC, then 0x00."""
+def frame_body(frame: Frame) -> bytes:
+    """``frame`` as it is before COBS (and as a UDP datagram carries it): header, payload and
+    CRC-32C."""
     body = _HEADER.pack(frame.version, frame.kernel, frame.op, frame.flags,
                         frame.seq & p.SEQ_MASK, len(frame.payload)) + frame.payload
-    body += google_crc32c.value(body).to_bytes(4, "little")
-    return cobs.encode(body) + b"\x00"
+    return body + google_crc32c.value(body).to_bytes(4, "little")
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """The bytes on the wire for ``frame``: COBS of header, payload and CRC, then 0x00."""
+    return cobs.encode(frame_body(frame)) + b"\x00"
 
 
 def decode_frame(encoded: bytes) -> Frame:
@@ -69,6 +75,11 @@ def decode_frame(encoded: bytes) -> Frame:
         body = cobs.decode(encoded)
     except cobs.DecodeError as exc:
         raise FrameError(f"bad COBS encoding: {exc}") from exc
+    return decode_body(body)
+
+
+def decode_body(body: bytes) -> Frame:
+    """Check one frame before COBS (header, payload, CRC) and decode it."""
     if len(body) < p.HEADER_SIZE + p.CRC_SIZE:
         raise FrameError(f"frame of {len(body)} bytes is shorter than a header and a CRC")
     if google_crc32c.value(body[:-4]) != int.from_bytes(body[-4:], "little"):
@@ -84,6 +95,41 @@ def wire_size(payload_len: int) -> int:
     """Bytes on the wire for a frame with ``payload_len`` bytes of payload (worst-case COBS)."""
     body = p.HEADER_SIZE + payload_len + p.CRC_SIZE
     return body + (body + 253) // 254 + 1
+
+
+def split_datagram(datagram: bytes) -> tuple[list[bytes], bool]:
+    """The frames (before COBS) a UDP datagram of the link holds, back to back, each frame's
+    length field saying where the next begins; and whether the datagram ended in bytes that are
+    not a whole frame (dropped: see ``hdl/link/protocol.py``). A frame's CRC is not checked
+    here."""
+    frames = []
+    at = 0
+    while at < len(datagram):
+        rest = len(datagram) - at
+        if rest < p.HEADER_SIZE + p.CRC_SIZE:
+            return frames, True
+        length = int.from_bytes(datagram[at + p.HEADER_SIZE - 2:at + p.HEADER_SIZE], "little")
+        size = p.HEADER_SIZE + length + p.CRC_SIZE
+        if size > rest:
+            return frames, True
+        frames.append(datagram[at:at + size])
+        at += size
+    return frames, False
+
+
+def pack_datagrams(bodies: list[bytes], limit: int = p.MAX_DATAGRAM) -> list[bytes]:
+    """Frames (before COBS) packed in order into as few datagrams of at most ``limit`` bytes as
+    a greedy packing gives; a frame larger than ``limit`` is a datagram of its own."""
+    datagrams: list[bytes] = []
+    current = bytearray()
+    for body in bodies:
+        if current and len(current) + len(body) > limit:
+            datagrams.append(bytes(current))
+            current = bytearray()
+        current += body
+    if current:
+        datagrams.append(bytes(current))
+    return datagrams
 
 
 class FrameSplitter:
