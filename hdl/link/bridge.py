@@ -14,18 +14,24 @@ execute
     frames out of sequence, resets a kernel (OP_RESET), and runs a kernel call by feeding the
     frame's payload to the kernel while collecting its response into the replay slot of the
     frame's sequence number. It frees the frame buffer as soon as the payload has been read.
+    It decides on a frame a cycle after taking it, from comparisons (of the sequence number,
+    the kernel, the opcode) registered in between.
 send
     builds each response frame (header, payload from a replay slot, the manifest ROM, the
     counters or a register, CRC-32C) one byte per cycle and COBS-encodes it. The counters
-    live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM): each is read
-    from it, as it is when the read is taken, just before its first byte goes, and the send
-    waits the two cycles that takes.
+    live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which counts
+    each event a cycle after it happens: each is read from it, as it is when the read is taken,
+    just before its first byte goes, and the send waits the two cycles that takes.
 
 Kernel traffic is a byte per cycle, packed into and unpacked from each kernel's beats of
 ``width`` bytes. Everything the bridge drives into a kernel comes from its own flip-flops
 (``o_stream.ready`` from a few levels of logic over them), and what it takes back from a
 kernel only enters a few levels of logic before a flip-flop, so the bridge does not lengthen a
-kernel's critical path.
+kernel's critical path. That holds because what the bridge decides around a kernel's
+handshakes is kept in flip-flops, a step ahead: whether the payload is at its end or its last
+byte, whether the replay slot is full or a byte short, whether the watchdog has gone off. A
+kernel's handshakes reach the event counters a cycle late, and what a timeout sets only
+through one flip-flop, the watchdog's verdict.
 
 A kernel's response is collected into the replay slot of whichever frame is running on that
 kernel, during every frame of its message, and beyond it by continuation frames:
@@ -59,11 +65,12 @@ Choices where :mod:`hdl.link.protocol` leaves room:
   ``STATUS_UNKNOWN_KERNEL``, ... included) is kept for replay.
 * A kernel that makes no progress (takes no beat, gives none, and no beat of it is being
   written) for ``timeout_cycles`` while a frame waits on it earns ``STATUS_KERNEL_TIMEOUT`` with
-  an empty payload. Its message stays open unless its last beat went in. What it had answered
-  in that frame is lost, so its response is no longer pending (a continuation is answered
-  STATUS_OK, empty), but it is still open: its next message drops the rest of it first. A
-  kernel held because its slot is full (it answered more than its frames allow) is timed out
-  the same way.
+  an empty payload. The frame is given up in the next cycle, in which the bridge takes no beat
+  from the kernel (the kernel may still take one). Its message stays open unless its last beat
+  went in. What it had answered in that frame is lost, so its response is no longer pending (a
+  continuation is answered STATUS_OK, empty), but it is still open: its next message drops the
+  rest of it first. A kernel held because its slot is full (it answered more than its frames
+  allow) is timed out the same way.
 * FLAG_MORE is ignored on a continuation, and a continuation's opcode is not compared with its
   message's (it only has to be one the kernel declares). An OP_RESET frame is a reset whatever
   its flags, and its payload is ignored.
@@ -131,6 +138,11 @@ CRC_RESIDUE = crc32c_ref(bytes(CRC_SIZE)) ^ XOROUT
 
 _STATUS_BITS = max(STATUS_NAMES).bit_length()
 _SEQ_BYTES = SEQ_BITS // 8
+
+
+def _below_seq(value):
+    """``value < _SEQ_BYTES``, a power of two: a test of the high bits (no carry chain)."""
+    return value[exact_log2(_SEQ_BYTES):] == 0
 
 
 class _Source(enum.Enum, shape=3):
@@ -444,7 +456,7 @@ class LinkBridge(wiring.Component):
         p_kernel = Signal(8)
         p_status = Signal(_STATUS_BITS)
         p_length = Signal(16)
-        p_value = Signal(SEQ_BITS)
+        p_value = Signal(SEQ_BITS)  # the expected number (for MANIFEST and VALUE)
 
         release = Signal()
         for b in range(2):
@@ -458,13 +470,14 @@ class LinkBridge(wiring.Component):
                 m.d.comb += release.eq(1)
                 m.d.sync += x_held.eq(0)
 
-        def respond(src, status, length=0, value=0, seq=True):
+        # A response's kernel, sequence number and value are loaded while none waits (so in
+        # the cycle it is made, too), not by each response: their enables stay one flip-flop.
+        # The value is always the expected number as it is then; the sequence number, x.seq but
+        # during a sync, whose target replaces it in x.seq (see below).
+        def respond(src, status, length=0):
             m.d.sync += [
-                p_valid.eq(1), p_src.eq(src), p_kernel.eq(x.kernel),
-                p_status.eq(status), p_length.eq(length), p_value.eq(value),
+                p_valid.eq(1), p_src.eq(src), p_status.eq(status), p_length.eq(length),
             ]
-            if seq:
-                m.d.sync += p_seq.eq(x.seq)
 
         # Set by the sender: the replay slot it is reading, if any.
         b_slot_busy = Signal()
@@ -478,8 +491,33 @@ class LinkBridge(wiring.Component):
         e_load, e_step = Signal(), Signal()
         with m.If(e_load):
             m.d.sync += expected.eq(x.seq + e_step)
+        # What DECIDE and SYNC_CHECK go by is registered every cycle from x, expected, executed
+        # and the sender: each waits a cycle after x (or x.seq) was loaded (CHECK, SYNC_CHECK),
+        # so that the 32-bit subtraction and its comparisons end in flip-flops. The slot hazard
+        # a cycle old is a safe answer: only this FSM starts a response, and a hazard ends only
+        # when the sender is done with the slot.
         seq_behind = Signal(SEQ_BITS)
         m.d.comb += seq_behind.eq(expected - x.seq)
+        seq_same = Signal()  # x.seq is the expected number
+        seq_kept = Signal()  # x.seq is in the replay window (or the expected number)
+        seq_ahead = Signal()  # x.seq is ahead of the expected number, E - T from 2**31 + 1
+        x_system = Signal()  # x is for the system kernel
+        x_short = Signal()  # x's payload is too short for OP_SYNC
+        op_sync, op_manifest, op_counters, op_reset = (
+            Signal(name=f"op_{name}") for name in ("sync", "manifest", "counters", "reset"))
+        slot_busy = Signal()  # slot_hazard
+        m.d.sync += [
+            seq_same.eq(seq_behind == 0),
+            seq_kept.eq(seq_behind <= executed),
+            seq_ahead.eq(seq_behind[-1] & (seq_behind[:-1] != 0)),
+            x_system.eq(x.kernel == SYSTEM_KERNEL_ID),
+            x_short.eq(_below_seq(x.length)),
+            op_sync.eq(x.opcode == OP_SYNC),
+            op_manifest.eq(x.opcode == OP_MANIFEST),
+            op_counters.eq(x.opcode == OP_COUNTERS),
+            op_reset.eq(x.opcode == OP_RESET),
+            slot_busy.eq(slot_hazard),
+        ]
         counted_replay, counted_oos = Signal(), Signal()
 
         # Kernel feed: payload bytes packed into the selected kernel's beats.
@@ -509,7 +547,15 @@ class LinkBridge(wiring.Component):
         u_left = Signal(range(max_width + 1))
         draining = Signal()  # taking and dropping the rest of an abandoned response
         more_stop = Signal()  # a FLAG_MORE frame's payload is in: its slot takes no more beats
-        watchdog = Signal(range(self.timeout_cycles))
+        # Cycles without progress, counted up from wd_start: its top bit is set in the
+        # timeout_cycles-th, which is then the watchdog's test (no comparator).
+        wd_bits = max(1, (self.timeout_cycles - 1).bit_length())
+        wd_start = (1 << wd_bits) - (self.timeout_cycles - 1)
+        watchdog = Signal(wd_bits + 1)
+        # It went off in the cycle before: the frame times out in this one, which only the
+        # kernel taking a beat may change. Registered, so that the many flip-flops a timeout
+        # sets do not wait for this cycle's progress.
+        timed_out = Signal()
 
         # The selected kernel's ports.
         def select(values):
@@ -529,9 +575,15 @@ class LinkBridge(wiring.Component):
         ])
 
         # Feed. The read port always holds the byte at fp, reading ahead when one is taken.
+        # Where fp stands against the payload's length is kept in flip-flops, a byte ahead (set
+        # in DECIDE, stepped with fp), so that no comparator sits in front of ``take``.
         byte = frame_rd.data
-        has_byte = fp != x.length
-        msg_last_byte = ~x.more & (fp == x.length - 1)
+        fp_end = Signal()  # fp == x.length
+        fp_last = Signal()  # fp == x.length - 1
+        with m.If(take):
+            m.d.sync += [fp_end.eq(fp_last), fp_last.eq(fp + 1 == x.length - 1)]
+        has_byte = ~fp_end
+        msg_last_byte = ~x.more & fp_last
         forms_beat = (acc_n == x_width_m1) | msg_last_byte
         f_free = ~f_valid | k_ready
         # A message whose last frame has no payload ends with what the packer holds.
@@ -544,9 +596,12 @@ class LinkBridge(wiring.Component):
         # is a multiple of the width and every beat but a response's last is full, that is when
         # the slot is not full once the byte being written now is in. Everything here is a few
         # levels of logic from flip-flops: it drives the kernel's o_stream.ready.
-        slot_full = r_length == self.max_response
-        room = Mux(u_valid, (u_left == 1) & (r_length != self.max_response - 1), ~slot_full)
-        collect_ready = draining | (~got_last & ~more_stop & room)
+        # Whether the slot is full, or a byte short of it, is kept in flip-flops (set in DECIDE,
+        # stepped with r_length).
+        slot_full = Signal()  # r_length == max_response
+        slot_almost = Signal()  # r_length == max_response - 1
+        room = Mux(u_valid, (u_left == 1) & ~slot_almost, ~slot_full)
+        collect_ready = ~timed_out & (draining | (~got_last & ~more_stop & room))
         accept = o_valid & collect_ready
         # A FLAG_MORE frame is done when its payload is in (what the kernel gives after that
         # goes into the next frame's slot); the last frame of a message, or a continuation,
@@ -588,10 +643,14 @@ class LinkBridge(wiring.Component):
                                     x_op_ok.eq((opcode < len(component.operations))
                                                | (opcode == OP_RESET)),
                                 ]
-                    m.next = "DECIDE"
+                    m.next = "CHECK"
+
+            with m.State("CHECK"):
+                m.next = "DECIDE"
 
             with m.State("DECIDE"):
-                with m.If(x.kernel == SYSTEM_KERNEL_ID):
+                m.d.sync += [fp_end.eq(x.length == 0), fp_last.eq(x.length == 1)]
+                with m.If(x_system):
                     # Unsequenced: answered at once, whatever the sequence number.
                     def answer(*args, **kwargs):
                         release_buffer()
@@ -599,27 +658,29 @@ class LinkBridge(wiring.Component):
                         m.next = "IDLE"
 
                     with m.If(~p_valid):
-                        is_sync = x.opcode == OP_SYNC
-                        with m.If(x.bad | (is_sync & (x.length < _SEQ_BYTES))):
+                        with m.If(x.bad | (op_sync & x_short)):
                             answer(_Source.EMPTY, STATUS_BAD_FRAME)
                         with m.Elif(x.too_long):
                             answer(_Source.EMPTY, STATUS_TOO_LONG)
-                        with m.Elif(x.opcode == OP_MANIFEST):
+                        with m.Elif(op_manifest):
                             answer(_Source.MANIFEST, STATUS_OK,
-                                   length=_SEQ_BYTES + len(self.manifest), value=expected)
-                        with m.Elif(x.opcode == OP_COUNTERS):
+                                   length=_SEQ_BYTES + len(self.manifest))
+                        with m.Elif(op_counters):
                             answer(_Source.COUNTERS, STATUS_OK, length=self.counters_size)
-                        with m.Elif(is_sync):
-                            # The target replaces the sequence number, which waits in p_seq
+                        with m.Elif(op_sync):
+                            # The target replaces the sequence number in x.seq. The number
+                            # waits in p_seq, loaded in this cycle and held through the sync
                             # (the sender does not look at it while p_valid is low).
-                            m.d.sync += p_seq.eq(x.seq)
                             m.next = "SYNC"
                         with m.Else():
                             answer(_Source.EMPTY, STATUS_BAD_OPCODE)
-                with m.Elif(seq_behind == 0):
+                with m.Elif(seq_same):
                     # The slot about to be written must not be the one being sent.
-                    with m.If(~slot_hazard):
-                        m.d.sync += [r_length.eq(0), r_more.eq(0), r_status.eq(STATUS_OK)]
+                    with m.If(~slot_busy):
+                        m.d.sync += [
+                            r_length.eq(0), r_more.eq(0), r_status.eq(STATUS_OK),
+                            slot_full.eq(0), slot_almost.eq(self.max_response == 1),
+                        ]
                         with m.If(x.bad | x.too_long | ~x_known | ~x_op_ok):
                             release_buffer()
                             with m.If(x.bad):
@@ -632,7 +693,7 @@ class LinkBridge(wiring.Component):
                                 m.d.sync += r_status.eq(STATUS_BAD_OPCODE)
                             m.next = "FINISH"
                         if n_kernels:
-                            with m.Elif(x.opcode == OP_RESET):
+                            with m.Elif(op_reset):
                                 # The kernel's reset is high while FINISH answers (a cycle).
                                 release_buffer()
                                 forget_kernel()
@@ -650,13 +711,13 @@ class LinkBridge(wiring.Component):
                                     last_sent.eq(x.cont), r_error.eq(0), more_stop.eq(0),
                                     got_last.eq(k_in_msg & ~k_out_open),
                                     draining.eq(~x.cont & ~k_in_msg & k_out_open),
-                                    watchdog.eq(0),
+                                    watchdog.eq(wd_start), timed_out.eq(0),
                                     acc.eq(Array(saved_acc)[x_kidx]),
                                     acc_n.eq(Array(saved_acc_n)[x_kidx]),
                                     Array(in_msg)[x_kidx].eq(~x.cont),
                                 ]
                                 m.next = "RUN"
-                with m.Elif(seq_behind <= executed):
+                with m.Elif(seq_kept):
                     with m.If(~p_valid):
                         release_buffer()
                         respond(_Source.SLOT, 0)
@@ -666,8 +727,7 @@ class LinkBridge(wiring.Component):
                 with m.Else():
                     with m.If(~p_valid):
                         release_buffer()
-                        respond(_Source.VALUE, STATUS_OUT_OF_SEQUENCE, length=_SEQ_BYTES,
-                                value=expected)
+                        respond(_Source.VALUE, STATUS_OUT_OF_SEQUENCE, length=_SEQ_BYTES)
                         m.d.comb += counted_oos.eq(1)
                         m.next = "IDLE"
 
@@ -698,6 +758,8 @@ class LinkBridge(wiring.Component):
                         m.d.comb += slot_wr.en.eq(1)
                         m.d.sync += [
                             r_length.eq(r_length + 1),
+                            slot_full.eq(slot_almost),
+                            slot_almost.eq(r_length == self.max_response - 2),
                             u_data.eq(u_data >> 8), u_left.eq(u_left - 1),
                         ]
                         with m.If(u_left == 1):
@@ -726,43 +788,49 @@ class LinkBridge(wiring.Component):
                         with m.If(r_error):
                             m.d.sync += r_status.eq(STATUS_KERNEL_ERROR)
                         m.next = "FINISH"
-                    with m.Elif(progress):
-                        m.d.sync += watchdog.eq(0)
-                    with m.Elif(watchdog == self.timeout_cycles - 1):
-                        # The kernel is stuck. Its message stays open unless its last beat
-                        # went in; its response stays open (to be dropped before its next
-                        # message) unless it has ended, and is not pending: bytes of it were
-                        # lost with this frame's.
+                    with m.Elif(timed_out):
+                        # The kernel is stuck: the watchdog went off in the cycle before, which
+                        # made no progress, so nothing has changed since but that the kernel may
+                        # take a beat now (nothing is collected: collect_ready is low). Its
+                        # message stays open unless its last beat went in; its response stays
+                        # open (to be dropped before its next message) unless it has ended, and
+                        # is not pending: bytes of it were lost with this frame's.
                         release_buffer()
                         m.d.sync += [
-                            f_valid.eq(0), u_valid.eq(0), draining.eq(0),
+                            f_valid.eq(0), u_valid.eq(0), draining.eq(0), timed_out.eq(0),
                             r_status.eq(STATUS_KERNEL_TIMEOUT), r_length.eq(0),
-                            Array(in_msg)[x_kidx].eq(x.more | ~(last_sent & ~f_valid)),
+                            Array(in_msg)[x_kidx].eq(x.more | ~(last_sent & f_free)),
                             Array(out_open)[x_kidx].eq(~got_last),
                             Array(pending)[x_kidx].eq(0),
                         ]
                         m.next = "FINISH"
+                    with m.Elif(progress):
+                        m.d.sync += watchdog.eq(wd_start)
                     with m.Else():
-                        m.d.sync += watchdog.eq(watchdog + 1)
+                        m.d.sync += [watchdog.eq(watchdog + 1), timed_out.eq(watchdog[-1])]
 
             with m.State("SYNC"):
                 # The target comes from the frame buffer a byte per cycle, as RUN takes payload,
                 # into x.seq: then seq_behind is E - T, and T is ahead of E when E - T is
-                # from 2**31 + 1 to 2**32 - 1.
-                with m.If(fp != _SEQ_BYTES):
+                # from 2**31 + 1 to 2**32 - 1 (seq_ahead, in SYNC_CHECK).
+                # fp counts to _SEQ_BYTES, a power of two, so its bit says when it is there.
+                with m.If(~fp[exact_log2(_SEQ_BYTES)]):
                     m.d.comb += take.eq(1)
                     m.d.sync += [fp.eq(fp + 1), x.seq.eq(Cat(x.seq[8:], frame_rd.data))]
                 with m.Else():
                     release_buffer()
-                    with m.If(seq_behind[-1] & (seq_behind[:-1] != 0)):
-                        # Numbers from before the sync must not replay: forget the window.
-                        m.d.comb += e_load.eq(1)
-                        m.d.sync += executed.eq(0)
-                    m.next = "SYNCED"
+                    m.next = "SYNC_CHECK"
+
+            with m.State("SYNC_CHECK"):
+                with m.If(seq_ahead):
+                    # Numbers from before the sync must not replay: forget the window.
+                    m.d.comb += e_load.eq(1)
+                    m.d.sync += executed.eq(0)
+                m.next = "SYNCED"
 
             with m.State("SYNCED"):
                 # No response is pending: DECIDE waited for that, and only this FSM sets p_valid.
-                respond(_Source.VALUE, STATUS_OK, length=_SEQ_BYTES, value=expected, seq=False)
+                respond(_Source.VALUE, STATUS_OK, length=_SEQ_BYTES)
                 m.next = "IDLE"
 
             with m.State("FINISH"):
@@ -785,6 +853,13 @@ class LinkBridge(wiring.Component):
                     m.next = "IDLE"
 
         running = exec_fsm.ongoing("RUN") if n_kernels else Const(0)
+
+        with m.If(~p_valid):
+            m.d.sync += [p_kernel.eq(x.kernel), p_value.eq(expected)]
+            syncing = (exec_fsm.ongoing("SYNC") | exec_fsm.ongoing("SYNC_CHECK")
+                       | exec_fsm.ongoing("SYNCED"))
+            with m.If(~syncing):
+                m.d.sync += p_seq.eq(x.seq)
 
         # Kernel ports. Beats go in from flip-flops, each with its frame's opcode. A kernel's
         # response is taken while a frame to it runs; otherwise it is held while the kernel has
@@ -848,11 +923,13 @@ class LinkBridge(wiring.Component):
             slot_rd.addr.eq(Cat(pay_next[:slot_bits], b_slot)),
         ]
         if self.manifest:
-            m.d.comb += rom_rd.addr.eq(Mux(pay_next >= _SEQ_BYTES, pay_next - _SEQ_BYTES, 0))
+            m.d.comb += rom_rd.addr.eq(Mux(_below_seq(pay_next), 0, pay_next - _SEQ_BYTES))
 
         # Counters: before the first byte of each word, the word is read from the bank (or, for
         # open_message, taken live); the send waits for it. The bank's rd_data holds the word
-        # while its bytes go, so they are all of one reading.
+        # while its bytes go, so they are all of one reading. The read is asked for from
+        # flip-flops (c_go, c_addr, set as the word before ends), since the bank puts its own
+        # multiplexers behind them.
         words = []  # per payload word: its counter in the bank, or the kernel whose in_msg it is
         words += [("bank", i) for i in range(len(LINK_COUNTERS))]
         for k in range(n_kernels):
@@ -864,15 +941,22 @@ class LinkBridge(wiring.Component):
                     words.append(("bank", index + kernel_events.index(name)))
         assert 4 * len(words) == self.counters_size
         c_have = Signal()  # the word at cnt is in bank.rd_data
-        c_wait = Signal()  # it has been asked for
+        c_go = Signal()  # its read is asked for and not yet taken
+        c_addr = Signal.like(bank.rd_addr)  # the counter it reads
+        c_next = Signal.like(bank.rd_addr)  # the counter the next word reads
         c_open = Signal()  # the word at cnt is an open_message
         c_live = Signal()  # and its value
+
+        def bank_index(w):  # an open_message word reads counter 0, and ignores it
+            return words[w][1] if w < len(words) and words[w][0] == "bank" else 0
+        m.d.comb += [bank.rd_en.eq(c_go), bank.rd_addr.eq(c_addr)]
+        with m.If(bank.rd_ready):
+            m.d.sync += c_go.eq(0)
         with m.Switch(cnt[2:2 + ceil_log2(len(words))]):
             for w, (kind, index) in enumerate(words):
                 with m.Case(w):
-                    if kind == "bank":
-                        m.d.comb += bank.rd_addr.eq(index)
-                    else:
+                    m.d.comb += c_next.eq(bank_index(w + 1))
+                    if kind == "open":
                         m.d.comb += [c_open.eq(1), c_live.eq(in_msg[index])]
         counter_word = Mux(c_open, c_live, bank.rd_data)
         counter_byte = counter_word.word_select(cnt[:2], 8)
@@ -916,7 +1000,10 @@ class LinkBridge(wiring.Component):
                     emit()
                     m.d.sync += [b_crc.eq(tx_crc_next), cnt.eq(cnt + 1)]
                     with m.If(cnt == HEADER_SIZE - 1):
-                        m.d.sync += cnt.eq(0)
+                        m.d.sync += [
+                            cnt.eq(0),
+                            c_go.eq(b_src == _Source.COUNTERS), c_addr.eq(bank_index(0)),
+                        ]
                         with m.If(b_length == 0):
                             m.next = "CRC"
                         with m.Else():
@@ -928,7 +1015,7 @@ class LinkBridge(wiring.Component):
                         m.d.comb += tx_byte.eq(slot_rd.data)
                     with m.Case(_Source.MANIFEST):
                         if self.manifest:
-                            m.d.comb += tx_byte.eq(Mux(cnt < _SEQ_BYTES, value_byte, rom_rd.data))
+                            m.d.comb += tx_byte.eq(Mux(_below_seq(cnt), value_byte, rom_rd.data))
                         else:
                             m.d.comb += tx_byte.eq(value_byte)
                     with m.Case(_Source.COUNTERS):
@@ -936,19 +1023,15 @@ class LinkBridge(wiring.Component):
                     with m.Case(_Source.VALUE):
                         m.d.comb += tx_byte.eq(value_byte)
                 counting = b_src == _Source.COUNTERS
-                with m.If(counting & ~c_have & ~c_wait):
-                    m.d.comb += bank.rd_en.eq(1)
-                    with m.If(bank.rd_ready):
-                        m.d.sync += c_wait.eq(1)
                 with m.If(bank.rd_valid):
-                    m.d.sync += [c_wait.eq(0), c_have.eq(1)]
+                    m.d.sync += c_have.eq(1)
                 with m.If(advance & (~counting | c_ready)):
                     emit()
                     m.d.sync += [b_crc.eq(tx_crc_next), cnt.eq(cnt + 1)]
                     with m.If(cnt[:2] == 3):
-                        m.d.sync += c_have.eq(0)
+                        m.d.sync += [c_have.eq(0), c_go.eq(counting), c_addr.eq(c_next)]
                     with m.If(cnt == b_length - 1):
-                        m.d.sync += cnt.eq(0)
+                        m.d.sync += [cnt.eq(0), c_go.eq(0)]
                         m.next = "CRC"
             with m.State("CRC"):
                 m.d.comb += tx_byte.eq((b_crc ^ XOROUT).word_select(cnt[:2], 8))
@@ -976,6 +1059,10 @@ class LinkBridge(wiring.Component):
         for k_event in k_events:
             assert set(k_event) == set(kernel_events), "a kernel counter has no event"
             incs += [k_event[name] for name in kernel_events]
-        m.d.comb += bank.inc.eq(Cat(incs))
+        # A cycle late, from flip-flops: the bank picks one event among them for the counter it
+        # steps, and the events (the receiver's CRC check, a kernel's handshake) are the ends of
+        # long paths of their own. Every event comes a cycle ahead of anything that could read
+        # its counter and see it: that takes a frame to go in, or one to go out.
+        m.d.sync += bank.inc.eq(Cat(incs))
 
         return m
