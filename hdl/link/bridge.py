@@ -97,7 +97,7 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from ..kernels.crc32c import INIT, XOROUT, crc32c_ref, crc_byte_step
 from ..stream import WIDTHS, byte_stream, request_stream
-from .cobs import CobsDecoder, CobsEncoder
+from .cobs import CobsDecoder, CobsEncoder, decoded_layout, frame_layout
 from .counters import CounterBank
 from .protocol import (
     CRC_SIZE,
@@ -183,18 +183,33 @@ class LinkBridge(wiring.Component):
         without progress after which a kernel call is given up.
     window : int
         Responses kept for replay, a power of two from 1 to 32768.
+    framing : str
+        ``"cobs"``: the link is a byte stream of COBS-encoded frames (a UART, a TCP socket),
+        which the bridge decodes and encodes itself, dropping a half-received frame after
+        ``timeout_cycles`` of silence. ``"frames"``: the frames come and go whole (over UDP,
+        :mod:`hdl.eth.link` cuts them out of datagrams and packs them back): ``i_frames`` and
+        ``o_frames`` instead of ``i_bytes`` and ``o_bytes``, and no silence timeout (the
+        ``timeouts`` counter stays 0).
 
     Members
     -------
     i_bytes : ``In(stream.Signature(8))``
-        Link bytes from the host.
+        Link bytes from the host (``"cobs"``).
     o_bytes : ``Out(stream.Signature(8))``
-        Link bytes to the host.
+        Link bytes to the host (``"cobs"``).
+    i_frames : ``In(stream.Signature(cobs.decoded_layout))``
+        Request frames, a byte a beat, each followed by an end beat (``bad`` set for a frame
+        that was cut short) (``"frames"``).
+    o_frames : ``Out(stream.Signature(cobs.frame_layout))``
+        Response frames, a byte a beat, ``last`` on each frame's final byte (``"frames"``).
     """
 
     def __init__(self, kernels, manifest: bytes, *, max_payload: int = MAX_PAYLOAD,
                  max_response: int = MAX_RESPONSE, timeout_cycles: int,
-                 window: int = REPLAY_WINDOW):
+                 window: int = REPLAY_WINDOW, framing: str = "cobs"):
+        if framing not in ("cobs", "frames"):
+            raise ValueError(f"LinkBridge framing must be 'cobs' or 'frames', not {framing!r}")
+        self.framing = framing
         try:
             kernels = list(kernels)
         except TypeError:
@@ -275,10 +290,16 @@ class LinkBridge(wiring.Component):
         self.max_response = max_response
         self.timeout_cycles = timeout_cycles
         self.window = window
-        super().__init__({
-            "i_bytes": In(stream.Signature(8)),
-            "o_bytes": Out(stream.Signature(8)),
-        })
+        if framing == "cobs":
+            super().__init__({
+                "i_bytes": In(stream.Signature(8)),
+                "o_bytes": Out(stream.Signature(8)),
+            })
+        else:
+            super().__init__({
+                "i_frames": In(stream.Signature(decoded_layout)),
+                "o_frames": Out(stream.Signature(frame_layout)),
+            })
 
     @property
     def counters_size(self) -> int:
@@ -309,22 +330,27 @@ class LinkBridge(wiring.Component):
         # A half frame is dropped after timeout_cycles without a byte. The decoder is reset
         # with it: the bytes it holds belong to the frame being dropped.
         flush = Signal()
-        decoder = CobsDecoder()
-        m.submodules.decoder = ResetInserter(flush)(decoder)
-        wiring.connect(m, wiring.flipped(self.i_bytes), decoder.i_stream)
+        if self.framing == "cobs":
+            decoder = CobsDecoder()
+            m.submodules.decoder = ResetInserter(flush)(decoder)
+            wiring.connect(m, wiring.flipped(self.i_bytes), decoder.i_stream)
+            frames_in = decoder.o_stream
+        else:
+            frames_in = self.i_frames
 
-        in_frame = Signal()
-        silence = Signal(range(self.timeout_cycles))
-        with m.If(self.i_bytes.valid):
-            m.d.sync += silence.eq(0)
-            with m.If(self.i_bytes.ready):
-                m.d.sync += in_frame.eq(self.i_bytes.payload != 0)
-        with m.Elif(in_frame):
-            with m.If(silence == self.timeout_cycles - 1):
-                m.d.comb += flush.eq(1)
-                m.d.sync += [silence.eq(0), in_frame.eq(0)]
-            with m.Else():
-                m.d.sync += silence.eq(silence + 1)
+        if self.framing == "cobs":  # whole frames (UDP) are never left half received
+            in_frame = Signal()
+            silence = Signal(range(self.timeout_cycles))
+            with m.If(self.i_bytes.valid):
+                m.d.sync += silence.eq(0)
+                with m.If(self.i_bytes.ready):
+                    m.d.sync += in_frame.eq(self.i_bytes.payload != 0)
+            with m.Elif(in_frame):
+                with m.If(silence == self.timeout_cycles - 1):
+                    m.d.comb += flush.eq(1)
+                    m.d.sync += [silence.eq(0), in_frame.eq(0)]
+                with m.Else():
+                    m.d.sync += silence.eq(silence + 1)
 
         buf_bits = ceil_log2(self.max_payload)
         m.submodules.frame_buffers = frame_buffers = Memory(
@@ -352,7 +378,7 @@ class LinkBridge(wiring.Component):
         h_length = Signal(16)
 
         rx_good, rx_bad = Signal(), Signal()
-        beat = decoder.o_stream
+        beat = frames_in
         rx_ready = ~Mux(wbuf, full[1], full[0])
         m.d.comb += beat.ready.eq(rx_ready)
         with m.If(beat.valid & rx_ready):
@@ -890,12 +916,15 @@ class LinkBridge(wiring.Component):
             m.submodules.manifest_rom = manifest_rom = Memory(
                 shape=8, depth=len(self.manifest), init=self.manifest)
             rom_rd = manifest_rom.read_port()
-        m.submodules.encoder = encoder = CobsEncoder()
-        wiring.connect(m, encoder.o_stream, wiring.flipped(self.o_bytes))
+        if self.framing == "cobs":
+            m.submodules.encoder = encoder = CobsEncoder()
+            wiring.connect(m, encoder.o_stream, wiring.flipped(self.o_bytes))
+            enc_in = encoder.i_stream
+        else:
+            enc_in = self.o_frames
 
         s_valid, s_last = Signal(), Signal()
         s_data = Signal(8)
-        enc_in = encoder.i_stream
         m.d.comb += [
             enc_in.valid.eq(s_valid),
             enc_in.payload.data.eq(s_data),

@@ -5,12 +5,13 @@ import random
 import google_crc32c
 import pytest
 from amaranth.hdl import Module, Signal
-from amaranth.lib import fifo, wiring
+from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from hdl.kernels.crc32c import Crc32cKernel
 from hdl.link.bridge import CRC_RESIDUE, LinkBridge
+from hdl.link.cobs import CobsDecoder, CobsEncoder
 from hdl.link.protocol import (
     FLAG_CONTINUE,
     FLAG_MORE,
@@ -531,6 +532,53 @@ def test_random_traffic_under_backpressure():
     got, _ = run(chunks, len(chunks), seed=6, idle=0.4, backpressure=0.7)
     assert [r.status for r in got] == [STATUS_OK] * len(chunks)
     assert [r.payload for r in got] == expect
+
+
+class FramesThroughCobs(wiring.Component):
+    """A bridge with ``framing="frames"`` (as the UDP link has it) between a COBS decoder and
+    encoder of its own: the same ports as a ``"cobs"`` bridge, so every test's traffic can run
+    through it."""
+
+    i_bytes: In(stream.Signature(8))
+    o_bytes: Out(stream.Signature(8))
+
+    def __init__(self, **kwargs):
+        self.bridge = make_bridge(framing="frames", **kwargs)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.decoder = decoder = CobsDecoder()
+        m.submodules.bridge = self.bridge
+        m.submodules.encoder = encoder = CobsEncoder()
+        wiring.connect(m, wiring.flipped(self.i_bytes), decoder.i_stream)
+        wiring.connect(m, decoder.o_stream, self.bridge.i_frames)
+        wiring.connect(m, self.bridge.o_frames, encoder.i_stream)
+        wiring.connect(m, encoder.o_stream, wiring.flipped(self.o_bytes))
+        return m
+
+
+def test_the_frames_framing_answers_as_the_cobs_one():
+    """The UDP link's bridge (whole frames in and out) gives the same responses, byte for byte,
+    as the UART's to the same traffic: calls, a retry, a bad CRC, a sync, the counters."""
+    rng = random.Random(8)
+    chunks = []
+    for seq in range(10):
+        kernel = rng.choice([CRC1, CRC4, ECHO])
+        chunks.append(ref_request(kernel, seq, b"\x01" + rng.randbytes(rng.randrange(0, 40))))
+        if rng.random() < 0.3:
+            chunks.append(chunks[-1])  # a retry: replayed
+    damaged = bytearray(ref_request(CRC1, 10, b"lost"))
+    damaged[3] ^= 0x40
+    chunks += [bytes(damaged), sync_request(0x4000_0000, nonce=7), counters_request()]
+    answers = len(chunks) - 1  # the damaged frame gets none
+    want, _ = run(chunks, answers, seed=9, idle=0.3, backpressure=0.5)
+    got, _ = run(chunks, answers, seed=9, idle=0.3, backpressure=0.5, dut=FramesThroughCobs())
+    assert got[:-1] == want[:-1]
+    link, _ = parse_counters(got[-1].payload)
+    assert link == parse_counters(want[-1].payload)[0] and link["bad_crc"] == 1
+    with pytest.raises(ValueError, match="framing must be"):
+        make_bridge(framing="udp")
 
 
 def test_parameters_checked():
