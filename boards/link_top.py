@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth.hdl import Module
-from amaranth.lib import fifo, stream, wiring
+from amaranth.hdl import ClockDomain, Module
+from amaranth.lib import fifo, io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hdl.link.bridge import LinkBridge
@@ -103,6 +103,8 @@ class LinkTop(wiring.Component):
         if self.mode == "board" and self.pll:
             from .pll import PllClock
 
+            for domain in PllClock.DOMAINS:  # defined here, driven by the PLL
+                m.domains += ClockDomain(domain)
             m.submodules.clock = PllClock(self.clock_hz)
         m.submodules.uart_rx = rx = UartRx(self.divisor)
         m.submodules.uart_tx = tx = UartTx(self.divisor)
@@ -113,6 +115,8 @@ class LinkTop(wiring.Component):
         if self.mode == "pins":
             m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx)]
         else:
-            pins = platform.request(*self.uart)
-            m.d.comb += [rx.rx.eq(pins.rx.i), pins.tx.o.eq(tx.tx)]
+            pins = platform.request(*self.uart, dir={"rx": "-", "tx": "-"})
+            m.submodules.rx_pin = rx_pin = io.Buffer("i", pins.rx)
+            m.submodules.tx_pin = tx_pin = io.Buffer("o", pins.tx)
+            m.d.comb += [rx.rx.eq(rx_pin.i), tx_pin.o.eq(tx.tx)]
         return m

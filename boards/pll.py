@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from amaranth.hdl import ClockDomain, Const, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockSignal, Const, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
@@ -114,13 +114,18 @@ def pll_settings(family: str, fin: int, fout: int) -> PllSettings:
 
 
 class PllClock(Elaboratable):
-    """The ``sync`` domain at ``hz``, from the platform's default clock through its PLL.
+    """Drives the ``sync`` domain at ``hz``, from the platform's default clock through its PLL.
+
+    The parent defines the ``sync`` and ``por`` domains (``por`` is the PLL's clock without
+    the reset, for the reset's own counter); this drives their clocks and ``sync``'s reset.
 
     Parameters
     ----------
     hz : int
         The frequency to make (exactly: see :func:`pll_settings`).
     """
+
+    DOMAINS = ("sync", "por")
 
     def __init__(self, hz: int):
         self.hz = int(hz)
@@ -130,8 +135,6 @@ class PllClock(Elaboratable):
         family = str(platform.family).lower()
         fin = int(platform.default_clk_frequency)
         settings = pll_settings(family, fin, self.hz)
-        m.domains.sync = sync = ClockDomain("sync")
-        m.domains.por = por = ClockDomain("por")
         locked = Signal()
         pll_clk = Signal()
         pin = platform.request(platform.default_clk, dir="-")
@@ -168,7 +171,7 @@ class PllClock(Elaboratable):
                 i_PHASEDIR=Const(1), i_PHASESTEP=Const(1), i_PHASELOADREG=Const(1),
                 i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0), o_LOCK=locked,
             )
-        m.d.comb += [sync.clk.eq(pll_clk), por.clk.eq(pll_clk)]
+        m.d.comb += [ClockSignal("sync").eq(pll_clk), ClockSignal("por").eq(pll_clk)]
         platform.add_clock_constraint(pll_clk, self.hz)
         # Reset: from the PLL's lock (synchronised), then POR_SECONDS of counting.
         m.submodules.lock_sync = ResetSynchronizer(~locked, domain="por")
@@ -176,5 +179,5 @@ class PllClock(Elaboratable):
         count = Signal(range(delay + 1))
         with m.If(count != delay):
             m.d.por += count.eq(count + 1)
-        m.d.comb += sync.rst.eq(count != delay)
+        m.d.comb += ResetSignal("sync").eq(count != delay)
         return m
