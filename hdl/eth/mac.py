@@ -34,6 +34,15 @@ MIN_FRAME = 64
 BROADCAST = 0xFFFF_FFFF_FFFF
 
 
+def _packet_buffer(m: Module, depth: int, max_len: int, max_frames: int):
+    """The packet buffer both MACs keep: a ring of ``depth`` bytes (its write and read ports)
+    and a FIFO of the lengths of up to ``max_frames`` frames of at most ``max_len`` bytes."""
+    m.submodules.buffer = buf = Memory(shape=8, depth=depth, init=[])
+    m.submodules.lengths = lengths = SyncFIFO(width=len(Signal(range(max_len + 1))),
+                                              depth=max_frames)
+    return buf.write_port(), buf.read_port(), lengths
+
+
 def mac_bytes(mac: int) -> bytes:
     """A MAC address given as a 48-bit integer (``0x020000000001`` is 02:00:00:00:00:01), as
     the six bytes sent on the wire, first byte first."""
@@ -133,11 +142,7 @@ class MacRx(wiring.Component):
         abits = depth.bit_length() - 1
         max_frame = self.max_frame
 
-        m.submodules.buffer = buf = Memory(shape=8, depth=depth, init=[])
-        wr = buf.write_port()
-        rd = buf.read_port()
-        m.submodules.lengths = lengths = SyncFIFO(width=len(Signal(range(max_frame + 1))),
-                                                  depth=self.max_frames)
+        wr, rd, lengths = _packet_buffer(m, depth, max_frame, self.max_frames)
 
         # Inputs, registered.
         dv, er, d = Signal(), Signal(), Signal(8)
@@ -343,11 +348,7 @@ class MacTx(wiring.Component):
         abits = depth.bit_length() - 1
         max_len = self.max_len
 
-        m.submodules.buffer = buf = Memory(shape=8, depth=depth, init=[])
-        wr = buf.write_port()
-        rd = buf.read_port()
-        m.submodules.lengths = lengths = SyncFIFO(width=len(Signal(range(max_len + 1))),
-                                                  depth=self.max_frames)
+        wr, rd, lengths = _packet_buffer(m, depth, max_len, self.max_frames)
 
         # The ring: frames queued from rd_ptr (the start of the frame being sent) to wr_base,
         # the frame being gathered from wr_base to wr_ptr. ``space`` is the room after wr_ptr,

@@ -280,27 +280,15 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
                 m.next = "SKIP"
 
         with m.If(pre.ipv4):
-            with m.If(pre.ihl_bad):
-                count("ip_other")
-                skip()
-            with m.Elif(pre.csum_bad):
-                count("ip_bad_checksum")
-                skip()
-            with m.Elif(pre.dst_bad):
-                count("ip_other")
-                skip()
-            with m.Elif(pre.fragment):
-                count("ip_fragments")
-                skip()
-            with m.Elif(pre.proto_bad):
-                count("ip_other")
-                skip()
-            with m.Elif(pre.port_bad):
-                count("udp_other_port")
-                skip()
-            with m.Elif(pre.len_bad):
-                count("udp_bad_length")
-                skip()
+            # The drops, in the order the module documentation gives, each counted once.
+            drops = ((pre.ihl_bad, "ip_other"), (pre.csum_bad, "ip_bad_checksum"),
+                     (pre.dst_bad, "ip_other"), (pre.fragment, "ip_fragments"),
+                     (pre.proto_bad, "ip_other"), (pre.port_bad, "udp_other_port"),
+                     (pre.len_bad, "udp_bad_length"))
+            for n, (bad, counter) in enumerate(drops):
+                with (m.Elif if n else m.If)(bad):
+                    count(counter)
+                    skip()
             with m.Elif(pre.empty):
                 self._accept(m, count, be, peer_mac, peer_ip, peer_port, have_peer)
                 skip()
