@@ -13,6 +13,8 @@ selects, written as a plain XOR of single bits (no ``x & CONST``, which Verilato
 
 from amaranth.hdl import Cat, Const
 
+from ..kernels.crc32c import crc_matrices, crc_update
+
 __all__ = ["POLY", "INIT", "XOROUT", "RESIDUE", "crc32_ref", "crc_byte_rows", "crc_byte_step"]
 
 #: CRC-32 polynomial, bit-reversed.
@@ -23,27 +25,20 @@ XOROUT = 0xFFFFFFFF
 RESIDUE = 0xDEBB20E3
 
 
-def _update(state: int, data: bytes, poly: int = POLY) -> int:
-    for byte in data:
-        state ^= byte
-        for _ in range(8):
-            state = (state >> 1) ^ (poly if state & 1 else 0)
-    return state
-
-
 def crc32_ref(data: bytes) -> int:
     """Bit-serial CRC-32, equal to ``zlib.crc32(data)``."""
-    return _update(INIT, bytes(data)) ^ XOROUT
+    return crc_update(INIT, bytes(data), POLY) ^ XOROUT
 
 
 def crc_byte_rows(poly: int = POLY) -> list[list[int]]:
-    """For each of the 32 output bits, the input bits it is the XOR of.
+    """For each of the 32 output bits, the input bits it is the XOR of: the rows of
+    :func:`hdl.kernels.crc32c.crc_matrices` for one byte, as lists.
 
     Input bits 0 to 31 are the register before the byte, 32 to 39 the byte's bits.
     """
-    cols = [_update(1 << i, b"\0", poly) for i in range(32)]
-    cols += [_update(0, bytes([1 << i]), poly) for i in range(8)]
-    return [[i for i, col in enumerate(cols) if (col >> o) & 1] for o in range(32)]
+    a_rows, d_rows = crc_matrices(1, poly)
+    return [[i for i in range(40) if ((a | d << 32) >> i) & 1]
+            for a, d in zip(a_rows, d_rows, strict=True)]
 
 
 def crc_byte_step(state, byte, poly: int = POLY):

@@ -22,8 +22,8 @@ from amaranth.lib.wiring import In, Out
 from ..queue import RegisterQueue, count_up_down
 from ..stream import WIDTHS, byte_stream, request_stream
 
-__all__ = ["Crc32cKernel", "POLY", "INIT", "XOROUT", "crc32c_ref", "crc_matrices", "gf2_apply",
-           "crc_byte_step"]
+__all__ = ["Crc32cKernel", "POLY", "INIT", "XOROUT", "crc32c_ref", "crc_matrices", "crc_update",
+           "gf2_apply", "crc_byte_step"]
 
 #: CRC-32C polynomial, bit-reversed (the form that processes the least significant bit first).
 POLY = 0x82F63B78
@@ -31,28 +31,31 @@ INIT = 0xFFFFFFFF
 XOROUT = 0xFFFFFFFF
 
 
-def _update(state: int, data: bytes) -> int:
+def crc_update(state: int, data: bytes, poly: int = POLY) -> int:
+    """A reflected 32-bit CRC register (``poly`` bit-reversed) after ``data``, bit by bit:
+    the plain definition. CRC-32C by default; Ethernet's CRC-32 (``hdl.eth.crc32``) too."""
     for byte in data:
         state ^= byte
         for _ in range(8):
-            state = (state >> 1) ^ (POLY if state & 1 else 0)
+            state = (state >> 1) ^ (poly if state & 1 else 0)
     return state
 
 
 def crc32c_ref(data: bytes) -> int:
     """Bit-serial CRC-32C, the plain definition the gateware's matrices are derived from."""
-    return _update(INIT, bytes(data)) ^ XOROUT
+    return crc_update(INIT, bytes(data)) ^ XOROUT
 
 
-def crc_matrices(nbytes: int) -> tuple[list[int], list[int]]:
+def crc_matrices(nbytes: int, poly: int = POLY) -> tuple[list[int], list[int]]:
     """Rows of ``A`` (over the 32 state bits) and ``D`` (over ``8 * nbytes`` data bits).
 
     Bit ``i`` of row ``o`` says whether input bit ``i`` contributes to output bit ``o``. Data
     bit ``8 * j + b`` is bit ``b`` of the ``j``-th byte of the beat.
     """
     zeros = bytes(nbytes)
-    a_cols = [_update(1 << i, zeros) for i in range(32)]
-    d_cols = [_update(0, (1 << i).to_bytes(nbytes, "little")) for i in range(8 * nbytes)]
+    a_cols = [crc_update(1 << i, zeros, poly) for i in range(32)]
+    d_cols = [crc_update(0, (1 << i).to_bytes(nbytes, "little"), poly)
+              for i in range(8 * nbytes)]
 
     def rows(cols):
         return [sum(((col >> o) & 1) << i for i, col in enumerate(cols)) for o in range(32)]
