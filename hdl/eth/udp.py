@@ -397,11 +397,10 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
             + _be_bytes(self.ip, 4) + _be_bytes(arp_sha, 6) + _be_bytes(arp_spa, 4)
         )
         assert len(udp_header) == len(arp_reply) == HEADER_BYTES
-        header_byte = Signal(8)
-        with m.Switch(tx_idx):
-            for n in range(HEADER_BYTES):
-                with m.Case(n):
-                    m.d.comb += header_byte.eq(Mux(sending_arp, arp_reply[n], udp_header[n]))
+        # The header goes out of a shift register loaded once a frame (LOAD): a 42-way
+        # multiplexer on the byte count was the 125 MHz domain's slowest path on the ECP5.
+        header_out = Signal(8 * HEADER_BYTES)
+        header_byte = header_out[:8]
 
         # The IPv4 header's words that do not change, summed.
         fixed = 0x4500 + 0x4000 + (TTL << 8 | IP_PROTO_UDP) + (self.ip >> 16) + (self.ip & 0xFFFF)
@@ -411,7 +410,7 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
                 m.d.sync += [tx_idx.eq(0), ptr.eq(0), rptr.eq(0)]
                 with m.If(arp_pending):
                     m.d.sync += sending_arp.eq(1)
-                    m.next = "HEADER"
+                    m.next = "LOAD"
                 with m.Elif(full):
                     m.d.sync += [
                         sending_arp.eq(0),
@@ -428,11 +427,14 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
                 m.next = "CHECKSUM"
             with m.State("CHECKSUM"):
                 m.d.sync += csum.eq(~_fold(csum_sum))
+                m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.sync += header_out.eq(Mux(sending_arp, Cat(*arp_reply), Cat(*udp_header)))
                 m.next = "HEADER"
             with m.State("HEADER"):
                 with m.If(advance):
                     emit(header_byte, sending_arp & (tx_idx == HEADER_BYTES - 1))
-                    m.d.sync += tx_idx.eq(tx_idx + 1)
+                    m.d.sync += [tx_idx.eq(tx_idx + 1), header_out.eq(header_out >> 8)]
                     with m.If(tx_idx == HEADER_BYTES - 1):
                         with m.If(sending_arp):
                             m.d.sync += arp_pending.eq(0)
