@@ -118,6 +118,14 @@ class Board:
             f"({', '.join(f'{c / 1e6:g} MHz' for c in clocks)}); rates it runs exactly include "
             f"{', '.join(f'{r:,}' for r in exact[:6])}")
 
+    def link_for(self, fmax_hz: float) -> tuple[int, int]:
+        """The link rate and device clock of a device whose slowest part reaches ``fmax_hz``:
+        :attr:`link_baud` at its clock if ``fmax_hz`` meets that clock, else
+        :attr:`fallback_baud` at its (slower) clock, as ``offload build`` chooses them."""
+        if fmax_hz >= self.device_hz():
+            return self.link_baud, self.device_hz()
+        return self.fallback_baud, self.device_hz(self.fallback_baud)
+
     @property
     def device(self) -> str:
         """The FPGA part and package, from the platform, for reports."""

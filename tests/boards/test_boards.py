@@ -172,6 +172,16 @@ def test_a_device_clock_is_the_slowest_that_runs_the_link():
             icebreaker.device_hz(rate)
 
 
+def test_a_kernel_short_of_the_pll_clock_is_benched_at_the_fallback_rate():
+    """The bench's "at its clock" rows take the link and clock ``offload build`` would."""
+    icebreaker, ulx3s = get_board("icebreaker"), get_board("ulx3s-85f")
+    assert icebreaker.link_for(32.4e6) == (3_000_000, 24_000_000)
+    assert icebreaker.link_for(24e6) == (3_000_000, 24_000_000)
+    assert icebreaker.link_for(20.0e6) == (1_000_000, 12_000_000)
+    assert ulx3s.link_for(38.2e6) == (1_000_000, 25_000_000)
+    assert ulx3s.link_for(75.6e6) == (3_000_000, 48_000_000)
+
+
 @pytest.mark.parametrize(("family", "fin", "fout"), [
     ("ice40", 12_000_000, 24_000_000), ("ice40", 12_000_000, 48_000_000),
     ("ecp5", 25_000_000, 48_000_000), ("ecp5", 25_000_000, 125_000_000),
