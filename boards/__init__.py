@@ -6,13 +6,15 @@ resource use.
 """
 
 from .build import BuildError, BuildReport, build
-from .registry import BOARDS, Board, BoardError, get_board
+from .registry import BOARDS, ETH_BOARDS, Board, BoardError, EthBoard, get_board
 from .top import KernelPinTop, PinTop
 
 __all__ = [
     "BOARDS",
     "Board",
     "BoardError",
+    "ETH_BOARDS",
+    "EthBoard",
     "BuildError",
     "BuildReport",
     "KernelPinTop",

@@ -38,6 +38,11 @@ Two modes:
     simulation implementation has them), ``eth_tx`` is clocked and reset from the ports
     ``eth_tx_clk`` and ``eth_tx_rst``, ``sync`` from ``clk`` and ``rst``; no PLL. (``tb_txc``
     is an unused input for the testbench's delayed transmit clock.)
+``"gmii"``
+    for the virtual Ethernet board (``sim/udp_board.py``): the MACs' GMII side is the top's
+    ports (``gmii_*``, a byte a cycle), without the RGMII DDR adapter; ``eth_rx`` and ``eth_tx``
+    are clocked from ``clk`` (one clock for the harness to run), and everything else, the
+    crossings included, is the board's gateware.
 
 ``eth_rx`` is reset from the others' reset through a :class:`ResetSynchronizer` on its own clock.
 """
@@ -73,7 +78,7 @@ from .pll import PllError, PllSettings, pll_settings
 
 __all__ = ["ETH_HZ", "EthLinkTop", "MODES", "eth_pll_settings"]
 
-MODES = ("board", "sim")
+MODES = ("board", "sim", "gmii")
 
 #: The RGMII clocks at 1 Gbps.
 ETH_HZ = 125_000_000
@@ -186,8 +191,9 @@ class EthLinkTop(wiring.Component):
         makes it from the same VCO as 125 MHz (see :func:`eth_pll_settings`).
     mode : str
         One of :data:`MODES`.
-    max_payload : int
-        Largest request payload, in bytes.
+    max_payload, max_response : int
+        Largest request and response payloads, in bytes (for a device on UDP,
+        ``protocol.UDP_MAX_PAYLOAD`` and ``UDP_MAX_RESPONSE``: frames that fill a datagram).
     timeout_ms : float
         Time after which a kernel call that makes no progress is given up.
     resource : tuple of (str, int)
@@ -208,7 +214,8 @@ class EthLinkTop(wiring.Component):
 
     def __init__(self, kernels: Sequence[tuple[int, wiring.Component]], manifest: bytes, *,
                  mac: int, ip: int, port: int, core_hz: int, mode: str = "board",
-                 max_payload: int = p.MAX_PAYLOAD, timeout_ms: float = 10.0,
+                 max_payload: int = p.MAX_PAYLOAD, max_response: int = p.MAX_RESPONSE,
+                 timeout_ms: float = 10.0,
                  resource: tuple[str, int] = ("eth_rgmii", 0)):
         if mode not in MODES:
             raise ValueError(f"EthLinkTop mode must be one of {MODES}, not {mode!r}")
@@ -227,6 +234,7 @@ class EthLinkTop(wiring.Component):
         self.core_hz = core_hz
         self.resource = resource
         self.bridge = LinkBridge(list(kernels), manifest, max_payload=max_payload,
+                                 max_response=max_response,
                                  timeout_cycles=max(1000, int(core_hz * timeout_ms / 1000)),
                                  framing="frames")
         self.mac_rx = MacRx(mac)
@@ -242,6 +250,11 @@ class EthLinkTop(wiring.Component):
                 "eth_tx_clk": In(1), "eth_tx_rst": In(1),
                 "tb_txc": In(1),
             }
+        elif mode == "gmii":
+            members = {
+                "gmii_rx_dv": In(1), "gmii_rx_er": In(1), "gmii_rxd": In(8),
+                "gmii_tx_en": Out(1), "gmii_txd": Out(8),
+            }
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -249,6 +262,24 @@ class EthLinkTop(wiring.Component):
         m.domains.eth_rx = ClockDomain("eth_rx")
         m.domains.eth_tx = ClockDomain("eth_tx")
 
+        if self.mode == "gmii":
+            # One clock: the harness's. The crossings stay, as on the board.
+            m.d.comb += [
+                ClockSignal("eth_tx").eq(ClockSignal("sync")),
+                ResetSignal("eth_tx").eq(ResetSignal("sync")),
+                ClockSignal("eth_rx").eq(ClockSignal("sync")),
+            ]
+            m.submodules.eth_rx_reset = ResetSynchronizer(ResetSignal("sync"), domain="eth_rx")
+            phy_rx = self.gmii_rx_dv, self.gmii_rx_er, self.gmii_rxd
+            phy_tx = self.gmii_tx_en, Signal(name="gmii_tx_er"), self.gmii_txd
+        else:
+            phy_rx, phy_tx = self._rgmii(m, platform)
+        self._link(m, phy_rx, phy_tx)
+        return m
+
+    def _rgmii(self, m: Module, platform):
+        """The RGMII adapter, its pins, and in ``"board"`` mode the PLL and resets; the MACs'
+        side of it, ``(rx_dv, rx_er, rxd)`` and ``(tx_en, tx_er, txd)``."""
         if self.mode == "sim":
             m.submodules.rgmii = rgmii = Rgmii(rx_domain="eth_rx", tx_domain="eth_tx")
             m.d.comb += [
@@ -279,23 +310,22 @@ class EthLinkTop(wiring.Component):
             rx_reset = ~locked
         m.d.comb += ClockSignal("eth_rx").eq(rgmii.rx_clk)
         m.submodules.eth_rx_reset = ResetSynchronizer(rx_reset, domain="eth_rx")
+        return (rgmii.rx_dv, rgmii.rx_er, rgmii.rxd), (rgmii.tx_en, rgmii.tx_er, rgmii.txd)
 
+    def _link(self, m: Module, phy_rx, phy_tx) -> None:
+        """The MACs, the UDP endpoint, the crossings, the link adapters and the bridge, between
+        the PHY's receive side ``(rx_dv, rx_er, rxd)`` and its transmit side
+        ``(tx_en, tx_er, txd)``, a byte a cycle in ``eth_rx`` and ``eth_tx``."""
         # eth_rx: the receiving MAC.
         m.submodules.mac_rx = mac_rx = DomainRenamer("eth_rx")(self.mac_rx)
-        m.d.comb += [
-            mac_rx.rx_dv.eq(rgmii.rx_dv),
-            mac_rx.rx_er.eq(rgmii.rx_er),
-            mac_rx.rxd.eq(rgmii.rxd),
-        ]
+        m.d.comb += [mac_rx.rx_dv.eq(phy_rx[0]), mac_rx.rx_er.eq(phy_rx[1]),
+                     mac_rx.rxd.eq(phy_rx[2])]
         # eth_tx: the UDP endpoint and the transmitting MAC.
         m.submodules.udp = DomainRenamer("eth_tx")(self.udp)
         m.submodules.mac_tx = mac_tx = DomainRenamer("eth_tx")(self.mac_tx)
         wiring.connect(m, self.udp.o_frame, self.mac_tx.i_stream)
-        m.d.comb += [
-            rgmii.tx_en.eq(mac_tx.tx_en),
-            rgmii.tx_er.eq(Const(0)),
-            rgmii.txd.eq(mac_tx.txd),
-        ]
+        m.d.comb += [phy_tx[0].eq(mac_tx.tx_en), phy_tx[1].eq(Const(0)),
+                     phy_tx[2].eq(mac_tx.txd)]
         # sync: the link adapters, the bridge and the kernels.
         m.submodules.datagram_frames = rx_frames = self.datagram_frames
         m.submodules.frames_datagram = tx_frames = self.frames_datagram
@@ -311,7 +341,6 @@ class EthLinkTop(wiring.Component):
                   w_domain="eth_tx", r_domain="sync", skid="w")
         _crossing(m, "tx_datagram_cdc", tx_frames.o_stream, self.udp.i_datagram,
                   w_domain="sync", r_domain="eth_tx", skid="r")
-        return m
 
     def _pll(self, m: Module, platform) -> Signal:
         """The EHXPLLL: the oscillator in, ``eth_tx`` on CLKOS, ``sync`` on CLKOS2. Returns

@@ -9,15 +9,19 @@ board oscillator.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from typing import ClassVar
 
 from amaranth.build import Platform
+from amaranth_boards.colorlight_5a75b_r7_0 import Colorlight_5A75B_R70Platform
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from hdl.errors import OffloadError
 
-__all__ = ["BOARDS", "Board", "BoardError", "FAMILIES", "get_board", "link_rates"]
+__all__ = ["BOARDS", "Board", "BoardError", "ETH_BOARDS", "EthBoard", "FAMILIES", "get_board",
+           "link_rates"]
 
 #: FPGA families the build flow knows, by the name ``sim.toolchain.yowasp_env`` takes.
 FAMILIES = ("ice40", "ecp5")
@@ -54,6 +58,9 @@ class Board:
         (``offload build`` without ``--baud``), run from the oscillator. A host that is not
         told the rate tries :attr:`link_baud`, then this.
     """
+
+    #: What the host link is: a UART here, UDP on an :class:`EthBoard`.
+    link: ClassVar[str] = "uart"
 
     name: str
     platform: type[Platform]
@@ -178,8 +185,71 @@ BOARDS: dict[str, Board] = {
 }
 
 
-def get_board(name: str) -> Board:
-    """The board called ``name``.
+@dataclass(frozen=True)
+class EthBoard:
+    """One supported board whose host link is UDP over Gigabit Ethernet (RGMII to its PHY).
+
+    Members
+    -------
+    name, platform, target_mhz
+        As :class:`Board`'s.
+    rgmii : tuple[str, int]
+        Name and number of the platform's RGMII resource.
+    core_hz : int
+        The clock of the bridge and the kernels; the PLL makes it beside the RGMII's 125 MHz
+        from one VCO (see ``boards.eth_top.eth_pll_settings``).
+    mac, ip, udp_port : int
+        The device's MAC address (48 bits), IPv4 address (32 bits) and UDP port by default;
+        ``offload build --mac/--ip/--port`` choose others.
+    """
+
+    link: ClassVar[str] = "udp"
+
+    name: str
+    platform: type[Platform]
+    rgmii: tuple[str, int]
+    core_hz: int
+    target_mhz: float
+    mac: int = 0x02_00_00_00_00_50
+    ip: int = int(ipaddress.IPv4Address("10.0.0.50"))
+    udp_port: int = 7777
+
+    family = Board.family
+    clock_hz = Board.clock_hz
+    clock_mhz = Board.clock_mhz
+    device = Board.device
+
+    def device_hz(self, baud: int | None = None) -> int:
+        """The core clock (an Ethernet board has no baud rate; ``baud`` must be None)."""
+        if baud is not None:
+            raise BoardError(f"{self.name}'s link is UDP over Ethernet: it has no baud rate")
+        return self.core_hz
+
+    @property
+    def url(self) -> str:
+        """The host's URL of a device at its default address, ``udp://IP:PORT``."""
+        return f"udp://{ipaddress.IPv4Address(self.ip)}:{self.udp_port}"
+
+
+#: Boards on Gigabit Ethernet. The Colorlight 5A-75B (an LED-panel receiver card, an
+#: LFE5U-25F with two Broadcom B50612D RGMII PHYs) is the cheapest open ECP5 board with one.
+ETH_BOARDS: dict[str, EthBoard] = {
+    board.name: board
+    for board in (
+        EthBoard(
+            name="colorlight-5a75b",
+            platform=Colorlight_5A75B_R70Platform,
+            rgmii=("eth_rgmii", 0),
+            core_hz=50_000_000,
+            target_mhz=125.0,
+        ),
+    )
+}
+
+
+def get_board(name: str) -> Board | EthBoard:
+    """The board called ``name``: a UART board of :data:`BOARDS` or an Ethernet board of
+    :data:`ETH_BOARDS`.
 
     Raises
     ------
@@ -187,9 +257,9 @@ def get_board(name: str) -> Board:
         If offload does not support a board of that name; the message lists the ones it does.
     """
     try:
-        return BOARDS[name]
+        return BOARDS[name] if name in BOARDS else ETH_BOARDS[name]
     except (KeyError, TypeError):
-        known = ", ".join(sorted(BOARDS))
+        known = ", ".join(sorted([*BOARDS, *ETH_BOARDS]))
         raise BoardError(f"Unknown board {name!r}; the supported boards are: {known}") from None
 
 

@@ -327,6 +327,9 @@ class _KernelHandle:
         return f"<kernel {self._spec.name} ({ops}) on {self._device.spec!r}>"
 
 
+#: Virtual boards by name, and the board each is: ``sim:BOARD`` names any board.
+SIM_BOARDS = {"sim": "icebreaker", "udp-sim": "colorlight-5a75b"}
+
 _LINK_PREFIXES = ("serial://", "socket://", "/dev/", "COM", "rfc2217://", "loop://", "udp://")
 
 
@@ -337,7 +340,7 @@ def check_spec(spec: object) -> None:
     """
     if not isinstance(spec, str):
         raise DeviceError(f"a device spec is a string such as 'cpu' or 'sim', not {spec!r}")
-    if spec in ("cpu", "sim", "auto") or spec.startswith(_LINK_PREFIXES):
+    if spec in ("cpu", "auto", *SIM_BOARDS) or spec.startswith(_LINK_PREFIXES):
         return
     if spec.startswith("sim:"):
         from boards import get_board
@@ -345,7 +348,8 @@ def check_spec(spec: object) -> None:
         get_board(spec.partition(":")[2])  # raises BoardError naming the boards there are
         return
     raise DeviceError(
-        f"unknown device {spec!r}: use 'cpu', 'sim' (or 'sim:BOARD'), 'auto', a serial port "
+        f"unknown device {spec!r}: use 'cpu', 'sim' (or 'sim:BOARD'), 'udp-sim' (a virtual "
+        "board on Ethernet), 'auto', a serial port "
         "such as 'serial:///dev/ttyUSB1', 'socket://HOST:PORT', or a board on Ethernet, "
         "'udp://HOST:PORT'"
     )
@@ -374,8 +378,8 @@ def open_device(spec: str = "cpu", *, fallback: str = "auto", baudrate: int | No
         registry.get(name)
     if spec == "cpu":
         return Device("cpu", None, fallback=fallback, params=params)
-    if spec == "sim" or spec.startswith("sim:"):
-        board = spec.partition(":")[2] or "icebreaker"
+    if spec in SIM_BOARDS or spec.startswith("sim:"):
+        board = SIM_BOARDS.get(spec) or spec.partition(":")[2]
         return _open_sim(spec, board, fallback=fallback, timeout=timeout, retries=retries,
                          params=params, kernel_names=kernels)
     if spec == "auto":

@@ -7,6 +7,7 @@ are both made here, so the two are the same design but for the link's physical l
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -56,12 +57,34 @@ class DeviceDesign:
     kernels: tuple[tuple[registry.KernelSpec, tuple[tuple[str, int], ...]], ...]
     max_payload: int = p.MAX_PAYLOAD
     baud: int | None = None  # the link's rate; None: the board's
+    max_response: int = p.MAX_RESPONSE
+    #: An Ethernet board's address: MAC, IPv4 and UDP port (None: the board's defaults).
+    address: tuple[int, int, int] | None = None
 
     @property
-    def link_baud(self) -> int:
+    def link(self) -> str:
+        """The host link: ``"uart"``, or ``"udp"`` on an Ethernet board."""
         from boards import get_board
 
-        return get_board(self.board).link_baud if self.baud is None else self.baud
+        return get_board(self.board).link
+
+    @property
+    def link_baud(self) -> int | None:
+        """The UART's rate; None on an Ethernet board."""
+        from boards import get_board
+
+        board = get_board(self.board)
+        if board.link != "uart":
+            return None
+        return board.link_baud if self.baud is None else self.baud
+
+    @property
+    def mac_ip_port(self) -> tuple[int, int, int]:
+        """An Ethernet board's MAC address, IPv4 address and UDP port."""
+        from boards import get_board
+
+        board = get_board(self.board)
+        return self.address or (board.mac, board.ip, board.udp_port)
 
     @property
     def clock_hz(self) -> int:
@@ -87,8 +110,13 @@ class DeviceDesign:
         kernels = [{"name": spec.name, "id": spec.id, "version": spec.version,
                     "params": dict(params)} for spec, params in self.kernels]
         body = {"link": p.LINK_VERSION, "board": board.name, "clock_hz": self.clock_hz,
-                "max_payload": self.max_payload, "max_response": p.MAX_RESPONSE,
-                "window": p.REPLAY_WINDOW, "link_baud": self.link_baud, "kernels": kernels}
+                "max_payload": self.max_payload, "max_response": self.max_response,
+                "window": p.REPLAY_WINDOW, "kernels": kernels}
+        if board.link == "uart":
+            body["link_baud"] = self.link_baud
+        else:
+            mac, ip, port = self.mac_ip_port
+            body.update(mac=f"{mac:012x}", ip=str(ipaddress.IPv4Address(ip)), udp_port=port)
         # The build id names this design: the same kernels, widths and board give the same id.
         build = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
         body["build"] = build
@@ -109,6 +137,13 @@ class DeviceDesign:
 
         from .link.codec import Frame, encode_frame
 
+        if self.link == "udp":
+            from sim.udp_board import UdpVirtualBoard
+
+            mac, ip, udp_port = self.mac_ip_port
+            return UdpVirtualBoard(self.top("gmii"), self.module_name("gmii"), mac=mac, ip=ip,
+                                   udp_port=udp_port, port=port)
+
         busy = encode_frame(Frame(p.SYSTEM_KERNEL_ID, p.STATUS_BUSY, 0,
                                   b"another host holds this virtual board",
                                   p.FLAG_RESPONSE))
@@ -116,13 +151,21 @@ class DeviceDesign:
                             busy_reply=busy)
 
     def top(self, mode: str = "board"):
-        """The :class:`boards.link_top.LinkTop` of this design in ``mode``."""
+        """The :class:`boards.link_top.LinkTop` of this design in ``mode``; on an Ethernet
+        board, its :class:`boards.eth_top.EthLinkTop`."""
         from boards import get_board
         from boards.link_top import LinkTop
 
         board = get_board(self.board)
-        return LinkTop([(spec.id, spec.component(**dict(params))) for spec, params in self.kernels],
-                       self.manifest(), clock_hz=self.clock_hz, baud=self.link_baud,
+        kernels = [(spec.id, spec.component(**dict(params))) for spec, params in self.kernels]
+        if board.link == "udp":
+            from boards.eth_top import EthLinkTop
+
+            mac, ip, udp_port = self.mac_ip_port
+            return EthLinkTop(kernels, self.manifest(), mac=mac, ip=ip, port=udp_port,
+                              core_hz=self.clock_hz, mode=mode, resource=board.rgmii,
+                              max_payload=self.max_payload, max_response=self.max_response)
+        return LinkTop(kernels, self.manifest(), clock_hz=self.clock_hz, baud=self.link_baud,
                        mode=mode, uart=board.uart, max_payload=self.max_payload,
                        pll=self.clock_hz != board.clock_hz)
 
@@ -155,4 +198,7 @@ def device_design(board: str = "icebreaker", kernel_names: Sequence[str] | None 
             asked = {**spec.width_params(board_width(board, spec, width)), **asked}
         resolved = spec.resolve(asked, board=board)
         chosen.append((spec, tuple(sorted(resolved.items()))))
+    if spec_board.link == "udp":
+        return DeviceDesign(board, tuple(chosen), baud=baud, max_payload=p.UDP_MAX_PAYLOAD,
+                            max_response=p.UDP_MAX_RESPONSE)
     return DeviceDesign(board, tuple(chosen), baud=baud)

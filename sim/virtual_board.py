@@ -82,19 +82,30 @@ class VirtualBoard:
         if not isinstance(busy_reply, (bytes, bytearray)):
             raise TypeError(f"busy_reply must be bytes, not {busy_reply!r}")
         self.busy_reply = bytes(busy_reply)
-        self.binary = build_virtual_board(top, name)
+        self.binary = self._build(top, name)
         self.name = name
         self.requested_port = port
         self.port: int | None = None
         self._process: subprocess.Popen | None = None
         self.last_run: BoardRun | None = None
 
+    #: The scheme of :attr:`url`.
+    scheme = "socket"
+
+    @staticmethod
+    def _build(top: wiring.Component, name: str) -> Path:
+        return build_virtual_board(top, name)
+
+    def _arguments(self) -> list[str]:
+        """The harness's command-line arguments after the port."""
+        return [self.busy_reply.hex()]
+
     @property
     def url(self) -> str:
-        """The pyserial URL of the link, ``socket://127.0.0.1:PORT``."""
+        """The host's URL of the link, ``socket://127.0.0.1:PORT`` (pyserial's)."""
         if self.port is None:
             raise SimulationError(f"virtual board {self.name!r} is not running")
-        return f"socket://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -109,7 +120,7 @@ class VirtualBoard:
         if self.running:
             return self
         process = subprocess.Popen(
-            [str(self.binary), str(self.requested_port), self.busy_reply.hex()],
+            [str(self.binary), str(self.requested_port), *self._arguments()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line: list[str] = []
@@ -141,12 +152,15 @@ class VirtualBoard:
         except subprocess.TimeoutExpired:
             process.kill()
             out, _ = process.communicate()
+        self._read_report(out)
+        self.port = None
+        return self.last_run
+
+    def _read_report(self, out: str) -> None:
         for text in out.splitlines():
             words = text.split()
             if len(words) == 4 and words[0] == "cycles":
                 self.last_run = BoardRun(int(words[1]), float(words[3]))
-        self.port = None
-        return self.last_run
 
     def kill(self) -> None:
         """End the board at once, as a pulled cable or a crash would (for fault tests)."""

@@ -135,7 +135,8 @@ from amaranth.lib import data
 __all__ = [
     "LINK_VERSION", "HEADER", "HEADER_SIZE", "CRC_SIZE", "SEQ_BITS", "SEQ_MASK",
     "FLAG_MORE", "FLAG_CONTINUE", "FLAG_RESPONSE", "REPLAY_WINDOW", "SYNC_GAP",
-    "MAX_PAYLOAD", "MAX_RESPONSE", "MAX_DATAGRAM", "SYSTEM_KERNEL_ID",
+    "MAX_PAYLOAD", "MAX_RESPONSE", "MAX_DATAGRAM", "UDP_MAX_PAYLOAD", "UDP_MAX_RESPONSE",
+    "SYSTEM_KERNEL_ID",
     "OP_CALL", "OP_RESET", "MAX_OPERATIONS", "OP_MANIFEST", "OP_COUNTERS", "OP_SYNC",
     "STATUS_OK", "STATUS_BAD_FRAME", "STATUS_UNKNOWN_KERNEL", "STATUS_KERNEL_ERROR",
     "STATUS_TOO_LONG", "STATUS_BAD_OPCODE", "STATUS_OUT_OF_SEQUENCE", "STATUS_BUSY",
@@ -178,6 +179,12 @@ MAX_RESPONSE = 1024
 #: Largest UDP payload a datagram of the link holds: a 1500-byte Ethernet MTU less a 20-byte
 #: IPv4 header and an 8-byte UDP header, so that no datagram is fragmented.
 MAX_DATAGRAM = 1472
+#: Largest request payload of a device on UDP: the most a datagram holds, less a header, a CRC
+#: and 2 bytes, so that a frame one byte over the limit still fits a datagram and gets its
+#: STATUS_TOO_LONG (and a multiple of 8, every kernel's beat width, for responses too).
+UDP_MAX_PAYLOAD = MAX_DATAGRAM - HEADER_SIZE - CRC_SIZE - 2
+#: Largest response payload of a device on UDP: the same.
+UDP_MAX_RESPONSE = UDP_MAX_PAYLOAD
 
 SYSTEM_KERNEL_ID = 0
 
