@@ -12,8 +12,9 @@ def pytest_addoption(parser):
     group.addoption("--device", default="sim",
                     help="device spec the HIL suite runs against: 'sim' (a virtual board, the "
                          "default), or a board's port, e.g. serial:///dev/ttyUSB1")
-    group.addoption("--board", default="icebreaker",
-                    help="the board behind --device (and the virtual board's board)")
+    group.addoption("--board", default=None,
+                    help="the board behind --device (and the virtual board's board); default: "
+                         "icebreaker, or colorlight-5a75b for --device udp-sim")
     group.addoption("--slow", action="store_true", default=False,
                     help="more examples where a test draws them (more random protobuf "
                          "schemas, each a virtual board of its own), the proofs that take "

@@ -16,6 +16,7 @@ import pytest
 import offload
 from offload import OffloadError
 
+from .conftest import board_name
 from .proxy import FaultProxy
 
 # A lost frame is sent again after this. The virtual board answers a window of frames in a few
@@ -32,7 +33,7 @@ def vboard(pytestconfig, is_virtual):
         pytest.skip("the link fault tests need a virtual board (run with --device sim)")
     from offload.gateware import device_design
 
-    board = device_design(pytestconfig.getoption("--board")).virtual_board().start()
+    board = device_design(board_name(pytestconfig)).virtual_board().start()
     yield board
     board.stop()
 

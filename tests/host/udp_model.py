@@ -8,7 +8,6 @@ over a lossy, reordering link.
 
 from __future__ import annotations
 
-import random
 import socket
 import threading
 
@@ -16,6 +15,7 @@ from cobs import cobs
 
 from offload.link.codec import FrameSplitter, pack_datagrams, split_datagram
 
+from ..hil.udp_proxy import DatagramFaults
 from .device_model import DeviceModel
 
 
@@ -30,14 +30,14 @@ class UdpModelServer:
                  reorder: float = 0.0, seed: int = 0):
         self.model = model
         self.drop, self.duplicate, self.reorder = drop, duplicate, reorder
-        self.rng = random.Random(seed)
-        self.counts = {"datagrams_in": 0, "datagrams_out": 0, "frames_in": 0, "dropped": 0,
-                       "duplicated": 0, "reordered": 0, "cut": 0}
+        self.faults = DatagramFaults(drop=drop, duplicate=duplicate, reorder=reorder, seed=seed)
+        # The faults' counts are this dict's too.
+        self.counts = self.faults.counts
+        self.counts.update(datagrams_in=0, datagrams_out=0, frames_in=0, cut=0)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.url = f"udp://127.0.0.1:{self.sock.getsockname()[1]}"
-        self._held: list[tuple[bytes, tuple]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -50,36 +50,17 @@ class UdpModelServer:
         self._thread.join(timeout=5)
         self.sock.close()
 
-    def _faulty(self, datagram: bytes, deliver) -> None:
-        """Deliver ``datagram`` through the faults (both directions use this)."""
-        if self.rng.random() < self.drop:
-            self.counts["dropped"] += 1
-            return
-        copies = 2 if self.rng.random() < self.duplicate else 1
-        self.counts["duplicated"] += copies - 1
-        if self.rng.random() < self.reorder:
-            self.counts["reordered"] += 1
-            self._held.append((datagram, deliver))
-            return
-        for _ in range(copies):
-            deliver(datagram)
-        while self._held:  # what was held back goes after this one
-            held, to = self._held.pop(0)
-            to(held)
-
     def _serve(self) -> None:
         splitter = FrameSplitter()
         while not self._stop.is_set():
             try:
                 datagram, peer = self.sock.recvfrom(1 << 16)
             except TimeoutError:
-                while self._held:  # nothing came: release what was held back
-                    held, to = self._held.pop(0)
-                    to(held)
+                self.faults.release()  # nothing came: what was held back goes now
                 continue
             except OSError:
                 return
-            self._faulty(datagram, lambda d, peer=peer: self._answer(d, peer, splitter))
+            self.faults.deliver(datagram, lambda d, peer=peer: self._answer(d, peer, splitter))
 
     def _answer(self, datagram: bytes, peer, splitter: FrameSplitter) -> None:
         self.counts["datagrams_in"] += 1
@@ -89,7 +70,7 @@ class UdpModelServer:
         stream = b"".join(cobs.encode(body) + b"\x00" for body in bodies)
         answers = [cobs.decode(raw) for raw in splitter.feed(self.model.feed(stream))]
         for out in pack_datagrams(answers):
-            self._faulty(out, lambda d, peer=peer: self._send(d, peer))
+            self.faults.deliver(out, lambda d, peer=peer: self._send(d, peer))
 
     def _send(self, datagram: bytes, peer) -> None:
         self.counts["datagrams_out"] += 1
