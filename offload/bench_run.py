@@ -64,7 +64,7 @@ def run_bench(specs: Sequence[KernelSpec], *, size: int, boards: Sequence[str] |
 
 
 def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names, step, done):
-    from boards import get_board
+    from boards import ETH_BOARDS, get_board
     from boards.build import BuildError
 
     op_name, args = spec.workload(spec.resolve(), size, random.Random(0))
@@ -87,7 +87,8 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names,
     for what, value, row_unit, note, *source in (extra or {}).get("rows", ()):
         report.add(spec.name, what, value, row_unit, source[0] if source else MEASURED, note)
 
-    widths = sorted({board_width(b, spec) for b in board_names} | {spec.default_width})
+    widths = sorted({board_width(b, spec) for b in [*board_names, *ETH_BOARDS]}
+                    | {spec.default_width})
     cycles_per_byte: dict[int, float] = {}
     result_cycles: dict[int, int] = {}
     response_len = 0
@@ -193,6 +194,10 @@ def _bench_kernel(report: BenchReport, spec: KernelSpec, size: int, board_names,
                        "(request and response, framed)")
         done()
 
+    for board in ETH_BOARDS.values():
+        width = board_width(board.name, spec)
+        _gigabit_rows(report, spec, board, cycles_per_byte[width], response_len / max(size, 1))
+
     width = spec.default_width
     step(f"{spec.name}: simulation speeds at {width} B/cycle")
     harness = _harness(spec, width)
@@ -247,12 +252,53 @@ def _cocotb_speed(spec: KernelSpec, width: int) -> float:
     return record["cycles"] / record["seconds"]
 
 
+#: Bytes on Gigabit Ethernet's line per datagram besides the UDP payload: the Ethernet header
+#: and FCS (18), IPv4 and UDP headers (28), the preamble and SFD (8) and the gap (12).
+ETH_OVERHEAD = 18 + 28 + 8 + 12
+#: Gigabit Ethernet's line rate, bytes a second.
+GIGABIT = 125e6
+
+
+def _gigabit_rows(report: BenchReport, spec: KernelSpec, board, cycles_per_byte: float,
+                  response_ratio: float) -> None:
+    """Derived rows of ``spec`` on the Ethernet ``board``: the link, the kernel at the core
+    clock, end to end (and which bounds it), and a 64-byte call's round trip on the wire."""
+    name, core_mhz = board.name, board.core_hz / 1e6
+    full = p.UDP_MAX_PAYLOAD + p.HEADER_SIZE + p.CRC_SIZE  # a frame that fills a datagram
+    link_mbs = GIGABIT / 1e6 * p.UDP_MAX_PAYLOAD / (full + ETH_OVERHEAD)
+    report.add(spec.name, f"{name} link (UDP on Gigabit Ethernet)", link_mbs, "MB/s", DERIVED,
+               f"125 MB/s line rate x {p.UDP_MAX_PAYLOAD} payload bytes / {full + ETH_OVERHEAD}"
+               " on the line a datagram (offload header and CRC, Ethernet, IPv4 and UDP "
+               "headers, FCS, preamble and gap)")
+    at_core = core_mhz / cycles_per_byte
+    report.add(spec.name, f"kernel on {name} at its {core_mhz:g} MHz core clock", at_core,
+               "MB/s", DERIVED, f"core clock / {cycles_per_byte:.4f} cycles/B (the crc32c "
+               "device meets this clock on this board; devices of other kernels are not built "
+               "for it yet)")
+    bound = "kernel-bound" if at_core < link_mbs else "link-bound"
+    report.add(spec.name, f"end to end on {name}", min(link_mbs, at_core), "MB/s", DERIVED,
+               f"{bound}: the lesser of the link and the kernel at the core clock")
+    small = 64
+
+    def line(payload: int) -> int:  # bytes on the line of a call's datagram, padded to 64
+        return max(64, p.HEADER_SIZE + payload + p.CRC_SIZE + 46) + 20
+
+    response = max(1, round(small * response_ratio))
+    kernel_cycles = small * cycles_per_byte + 16
+    wire = line(small) + line(response)
+    report.add(spec.name, f"{small}-byte call round trip on {name}",
+               1e6 * (wire / GIGABIT + kernel_cycles / board.core_hz), "us", DERIVED,
+               f"{wire} bytes on the line both ways at 1 Gb/s + ~{kernel_cycles:.0f} kernel "
+               f"cycles at {core_mhz:g} MHz; not counting the host's network stack or the "
+               "device's pipeline")
+
+
 def _bench_device(report: BenchReport, specs, size: int, device_spec: str, step, done):
     from .device import open_device
 
     step(f"opening {device_spec}")
     # A virtual board is built with the kernels benched (some are not in a device by default).
-    kernels = [spec.name for spec in specs] if device_spec.startswith("sim") else None
+    kernels = [spec.name for spec in specs] if virtual_spec(device_spec) else None
     with open_device(device_spec, fallback="never", kernels=kernels) as device:
         done()
         for spec in specs:
@@ -270,12 +316,44 @@ def _bench_device(report: BenchReport, specs, size: int, device_spec: str, step,
                        f"payload bytes / wire bytes both ways ({payload} / {wire})")
             calls = [spec.workload(device.params(spec.name), 4096, random.Random(i))[1]
                      for i in range(8)]
+            ether = getattr(device.virtual_board, "stats", None)  # a virtual Ethernet board
+
+            def counts(ether=ether):
+                return {**ether(), **device.backend.counters()} if ether else {}
+
+            before = counts()
             _, payload, wire = _through_link(device, spec, op_name, calls)
             report.add(spec.name, f"link efficiency, 4 KiB calls, on {device_spec}",
                        100 * payload / wire, "%", MEASURED,
                        f"payload bytes / wire bytes both ways, {len(calls)} calls of "
                        f"{op_name} on 4 KiB requests ({payload} / {wire})")
+            if ether:
+                _ethernet_rows(report, spec, device_spec, before, counts(), len(calls))
         done()
+
+
+def virtual_spec(device_spec: str) -> bool:
+    """Whether ``device_spec`` is a virtual board (``sim``, ``udp-sim``, ``sim:BOARD``)."""
+    from .device import SIM_BOARDS
+
+    return device_spec in SIM_BOARDS or device_spec.startswith("sim:")
+
+
+def _ethernet_rows(report: BenchReport, spec: KernelSpec, device_spec: str, before: dict,
+                   after: dict, calls: int) -> None:
+    """What a virtual Ethernet board's wire carried for ``calls`` 4 KiB calls: the requests'
+    payload over the bytes of their Ethernet frames (headers, FCS), and on the line (preamble
+    and gap too)."""
+    delta = {k: after[k] - before[k] for k in after if isinstance(after[k], int)}
+    frames, payload = delta["rx_frames"], delta["rx_payload"]
+    frame_bytes = delta["rx_wire_bytes"] - 8 * frames
+    useful = delta["payload_bytes_out"]  # the requests' own bytes, as the host counted them
+    assert useful <= payload
+    report.add(spec.name, f"Ethernet efficiency toward {device_spec}, 4 KiB calls", 100 * useful
+               / frame_bytes, "%", MEASURED,
+               f"{calls} calls: {useful} request payload bytes / {frame_bytes} bytes of "
+               f"{frames} Ethernet frames (headers and FCS), counted on the virtual wire; on "
+               f"the line with preamble and gap, {100 * useful / (frame_bytes + 20 * frames):.1f}%")
 
 
 def _through_link(device, spec: KernelSpec, op: str, calls: list[tuple]

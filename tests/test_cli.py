@@ -76,9 +76,34 @@ def test_bench_json_rows(verilator, tmp_path):
     # Efficiency is a ratio of byte counts, not a timing: frames of 1 KiB carry 12 bytes of
     # header and CRC, COBS adds one in 254, and a 16-byte response comes back per call.
     assert 95 < by_what["link efficiency, 4 KiB calls, on sim"]["value"] < 100
+    # Gigabit Ethernet (issue 11): 1,456 payload bytes in 1,536 on the line a datagram, the
+    # kernel at the Colorlight's 50 MHz core clock, end to end the lesser of the two.
+    link = by_what["colorlight-5a75b link (UDP on Gigabit Ethernet)"]
+    assert link["source"] == "derived" and link["value"] == pytest.approx(125 * 1456 / 1536)
+    core = by_what["kernel on colorlight-5a75b at its 50 MHz core clock"]
+    assert core["value"] == pytest.approx(50 / by_what["gateware cycles per byte, 4 B/cycle"][
+        "value"])
+    gigabit = by_what["end to end on colorlight-5a75b"]
+    assert gigabit["value"] == pytest.approx(min(link["value"], core["value"]))
+    assert gigabit["note"].startswith("link-bound" if core["value"] > link["value"] else
+                                      "kernel-bound")
+    assert 1 < by_what["64-byte call round trip on colorlight-5a75b"]["value"] < 10  # us
     for sim in ("Verilator harness", "cocotb + Verilator", "Amaranth simulator"):
         row = next(r for r in rows if r["what"].startswith(sim))
         assert row["source"] == "measured" and row["unit"] == "cycles/s" and row["value"] > 0
+
+
+def test_bench_on_the_virtual_ethernet_board(verilator, tmp_path):
+    """``offload bench --device udp-sim``: calls through the virtual Ethernet board, and the
+    bytes of its wire counted: 4 KiB requests fill datagrams at over 95% efficiency."""
+    out = tmp_path / "bench.json"
+    result = run("bench", "--kernel", "crc32c", "--size", "4096", "--board", "icebreaker",
+                 "--device", "udp-sim", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    by_what = {row["what"]: row for row in json.loads(out.read_text())["rows"]}
+    assert by_what["end to end on udp-sim"]["source"] == "measured"
+    ether = by_what["Ethernet efficiency toward udp-sim, 4 KiB calls"]
+    assert ether["source"] == "measured" and 95 < ether["value"] < 100, ether
 
 
 def test_bench_protobuf_rows(verilator, tmp_path):
