@@ -40,7 +40,7 @@ from amaranth.hdl import Elaboratable
 from hdl.errors import OffloadError
 from sim.toolchain import cache_dir, yowasp_env
 
-from .registry import Board, BoardError, get_board
+from .registry import Board, BoardError, EthBoard, get_board
 
 __all__ = [
     "BuildError",
@@ -89,6 +89,9 @@ class BuildReport:
         Yosys's count of each cell type after synthesis (``SB_DFFE``, ``TRELLIS_FF``, ...).
     clocks : dict[str, float]
         Achieved frequency of each clock net, in MHz.
+    clock_goals : dict[str, float]
+        The frequency each clock net was constrained to, in MHz (a device with clocks of its
+        own, such as an Ethernet device's 125 MHz and core clocks, is judged by each).
     critical_path : list[str]
         nextpnr's report of the slowest path, one line per element, as printed.
     bitstream : Path
@@ -123,6 +126,7 @@ class BuildReport:
     key: str = ""
     tools: dict[str, str] = field(default_factory=dict)
     nextpnr_opts: list[str] = field(default_factory=list)
+    clock_goals: dict[str, float] = field(default_factory=dict)
 
     @property
     def meets_board_clock(self) -> bool:
@@ -137,6 +141,13 @@ class BuildReport:
             for cell, count in self.cells.items()
             if cell.startswith("SB_DFF") or cell == "TRELLIS_FF"
         )
+
+    @property
+    def meets_every_clock(self) -> bool:
+        """Whether every clock reaches the frequency it is constrained to (false when the log
+        gave no constraints)."""
+        return bool(self.clock_goals) and all(
+            self.clocks.get(clock, 0.0) >= goal for clock, goal in self.clock_goals.items())
 
     @property
     def meets_target(self) -> bool:
@@ -176,6 +187,7 @@ class BuildReport:
 
 _FMAX_RE = re.compile(
     r"Max frequency for clock\s+'(?P<clock>[^']+)':\s+(?P<mhz>[0-9.]+)\s+MHz"
+    r"(?:\s+\((?:PASS|FAIL) at (?P<goal>[0-9.]+) MHz\))?"
 )
 _UTIL_RE = re.compile(r"^Info:\s+(?P<cell>\w+):\s+(?P<used>\d+)\s*/\s*(?P<avail>\d+)")
 
@@ -190,6 +202,12 @@ def parse_fmax(log: str) -> dict[str, float]:
     for match in _FMAX_RE.finditer(log):
         clocks[match["clock"]] = float(match["mhz"])
     return clocks
+
+
+def parse_clock_goals(log: str) -> dict[str, float]:
+    """The frequency each clock is constrained to in a nextpnr log (its "PASS/FAIL at"), MHz."""
+    return {match["clock"]: float(match["goal"]) for match in _FMAX_RE.finditer(log)
+            if match["goal"]}
 
 
 def parse_utilisation(log: str) -> dict[str, tuple[int, int]]:
@@ -453,7 +471,7 @@ def build(
     sim.toolchain.ToolchainError
         If a YoWASP package is missing.
     """
-    if not isinstance(board, Board):
+    if not isinstance(board, (Board, EthBoard)):
         board = get_board(board)
     if not re.fullmatch(r"[A-Za-z0-9_]+", name or ""):
         raise BoardError(f"Design name must be letters, digits and '_', not {name!r}")
@@ -545,6 +563,7 @@ def build(
         resources=parse_utilisation(pnr_log),
         cells=parse_yosys_cells(synth_log),
         clocks=clocks,
+        clock_goals=parse_clock_goals(pnr_log),
         critical_path=parse_critical_path(pnr_log),
         bitstream=folder / f"{name}.{bitstream}",
         logs={k: folder / v for k, v in logs.items()},

@@ -69,14 +69,17 @@ def build_kernel(board: str, kernel: str, *, width: int | None = None,
 
 def build_device(board: str, kernel_names, *, width: int | None = None,
                  params: dict | None = None, build_dir: Path | None = None,
-                 progress: Progress | None = None, baud: int | None = None):
-    """Build the device for ``board``: UART (at ``baud``, default the board's rate), link
-    bridge and kernels. A BuildReport."""
+                 progress: Progress | None = None, baud: int | None = None,
+                 address: tuple[int, int, int] | None = None):
+    """Build the device for ``board``: UART (at ``baud``, default the board's rate), or on an
+    Ethernet board UDP (at ``address``, MAC, IPv4 and port, default the board's), link bridge
+    and kernels. A BuildReport."""
     from boards import get_board
     from boards.build import build
 
     check_build_dir(build_dir)
-    design = device_design(board, kernel_names, width, params=params, baud=baud)
+    design = device_design(board, kernel_names, width, params=params, baud=baud,
+                           address=address)
     # Placed and routed for the clock the device runs at: the oscillator's, or the PLL's (which
     # constrains its own output; the oscillator's pin keeps its true frequency).
     oscillator = get_board(board).clock_mhz
@@ -212,11 +215,19 @@ def print_report(report, console: Console) -> None:
 
     clock = ("the board clock" if report.board_clock_mhz == get_board(report.board).clock_mhz
              else "the device clock (from the PLL)")
-    console.print(
-        f"  fmax {report.fmax_mhz:.1f} MHz: {verdict} {clock} of "
-        f"{report.board_clock_mhz:g} MHz; placed and routed for {report.target_mhz:g} MHz "
-        f"({'reached' if report.meets_target else 'not reached'})"
-    )
+    if len(report.clock_goals) > 1:  # a device with clocks of its own: each against its goal
+        verdict = "[green]meets[/]" if report.meets_every_clock else "[red]misses[/]"
+        console.print(f"  {verdict} every clock's constraint:")
+        for net, goal in sorted(report.clock_goals.items()):
+            fmax = report.clocks.get(net, 0.0)
+            console.print(f"    {net}: fmax {fmax:.1f} MHz, "
+                          f"{'[green]meets[/]' if fmax >= goal else '[red]misses[/]'} {goal:g} MHz")
+    else:
+        console.print(
+            f"  fmax {report.fmax_mhz:.1f} MHz: {verdict} {clock} of "
+            f"{report.board_clock_mhz:g} MHz; placed and routed for {report.target_mhz:g} MHz "
+            f"({'reached' if report.meets_target else 'not reached'})"
+        )
     table = Table(title="resources", title_justify="left")
     for column in ("cell", "used", "available", "%"):
         table.add_column(column, justify="right" if column != "cell" else "left")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -95,14 +96,41 @@ class KernelArg(click.ParamType):
         return (name, values)
 
 
-def _board_names() -> list[str]:
-    from boards import BOARDS
+def _board_names(ethernet: bool = False) -> list[str]:
+    """The UART boards; with ``ethernet``, the Ethernet boards too."""
+    from boards import BOARDS, ETH_BOARDS
 
-    return list(BOARDS)
+    return [*BOARDS, *ETH_BOARDS] if ethernet else list(BOARDS)
+
+
+def _mac(ctx, param, value):
+    if value is None:
+        return None
+    digits = value.replace(":", "").replace("-", "")
+    if not re.fullmatch(r"[0-9a-fA-F]{12}", digits):
+        raise click.BadParameter(f"a MAC address is six hex bytes, 02:00:00:00:00:50, not "
+                                 f"{value!r}")
+    mac = int(digits, 16)
+    if mac >> 40 & 1:
+        raise click.BadParameter(f"{value} is a multicast address: a device's must be unicast "
+                                 "(its first byte even)")
+    return mac
+
+
+def _ipv4(ctx, param, value):
+    if value is None:
+        return None
+    import ipaddress
+
+    try:
+        return int(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise click.BadParameter(f"an IPv4 address is four numbers, 10.0.0.50, not {value!r}"
+                                 ) from None
 
 
 @main.command("build")
-@click.option("--board", "board", required=True, type=click.Choice(_board_names()),
+@click.option("--board", "board", required=True, type=click.Choice(_board_names(True)),
               help="Board to build for.")
 @click.option("--kernel", "kernel_args", multiple=True, type=KernelArg(),
               help="Kernel in the device, with parameters as NAME:key=value,... (repeat for "
@@ -120,13 +148,20 @@ def _board_names() -> list[str]:
                    "oscillator, or the board's PLL. Default: the board's (3,000,000), or its "
                    "fallback (1,000,000, from the oscillator) for a device too slow for the "
                    "PLL's clock.")
+@click.option("--mac", callback=_mac, default=None,
+              help="An Ethernet board's MAC address (default: the board's, 02:00:00:00:00:50).")
+@click.option("--ip", callback=_ipv4, default=None,
+              help="An Ethernet board's IPv4 address (default: the board's, 10.0.0.50).")
+@click.option("--udp-port", type=click.IntRange(1, 65535), default=None,
+              help="An Ethernet board's UDP port (default: the board's, 7777).")
 @click.option("--modules/--no-modules", default=True, show_default=True,
               help="Show a device's cells by module: the link, its parts and each kernel "
                    "(a second Yosys run that keeps the hierarchy, kept with the build).")
 @click.option("--build-dir", type=click.Path(path_type=Path), default=None,
               help="Where to build (default: the cache, keyed by the design's hash).")
 def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int | None,
-              kernel_only: bool, per_kernel: bool, baud: int | None, modules: bool,
+              kernel_only: bool, per_kernel: bool, baud: int | None, mac: int | None,
+              ip: int | None, udp_port: int | None, modules: bool,
               build_dir: Path | None) -> None:
     """Build a bitstream and report fmax against the board clock and resource use.
 
@@ -149,6 +184,17 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
         raise click.UsageError("--per-kernel is for a device; --kernel-only builds one kernel")
     if kernel_only and baud is not None:
         raise click.UsageError("--baud is the device's link; --kernel-only builds one kernel")
+    board_record = get_board(board)
+    address = None
+    if board_record.link == "udp":
+        if baud is not None:
+            raise click.UsageError(f"{board}'s link is UDP over Ethernet: it has no --baud")
+        address = (board_record.mac if mac is None else mac,
+                   board_record.ip if ip is None else ip,
+                   board_record.udp_port if udp_port is None else udp_port)
+    elif (mac, ip, udp_port) != (None, None, None):
+        raise click.UsageError(f"--mac, --ip and --udp-port are an Ethernet board's; {board}'s "
+                               "link is a UART")
     kernel_names = [name for name, _ in kernel_args]
     params = {name: values for name, values in kernel_args if values}
     alone, fits = [], []
@@ -162,11 +208,14 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
         else:
             from .gateware import device_design
 
-            design = device_design(board, kernel_names, width, params=params, baud=baud)
+            design = device_design(board, kernel_names, width, params=params, baud=baud,
+                                   address=address)
             report = build_device(board, kernel_names, width=width, params=params,
-                                  build_dir=build_dir, progress=progress, baud=baud)
-            fallback = get_board(board).fallback_baud
-            if baud is None and not report.meets_board_clock and fallback != design.link_baud:
+                                  build_dir=build_dir, progress=progress, baud=baud,
+                                  address=address)
+            fallback = getattr(board_record, "fallback_baud", None)
+            if (baud is None and fallback is not None and not report.meets_board_clock
+                    and fallback != design.link_baud):
                 # Too slow for the PLL's clock: the link at the fallback rate, from the
                 # oscillator (a host not told the rate tries both).
                 progress.console.print(
@@ -178,10 +227,15 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
                 report = build_device(board, kernel_names, width=width, params=params,
                                       build_dir=build_dir, progress=progress, baud=baud)
             if modules:
-                from boards.build import module_resources
+                from boards.build import BuildError, module_resources
 
                 task = progress.add_task(f"{board}: {design.name}: cells by module", total=None)
-                module_resources(report)  # kept with the build: printed below
+                try:
+                    module_resources(report)  # kept with the build: printed below
+                except BuildError as exc:  # the bitstream is good: say so, and go on
+                    modules = False
+                    progress.console.print(f"[yellow]cells by module not shown:[/] "
+                                           f"{str(exc).splitlines()[0]}")
                 progress.remove_task(task)
             if per_kernel:
                 for spec, values in design.kernels:
@@ -199,7 +253,16 @@ def build_cmd(board: str, kernel_args: tuple[tuple[str, dict], ...], width: int 
         print_modules(report, {spec.id: spec.name for spec, _ in design.kernels}, console)
     if alone:
         print_kernels(report, alone, console, fits)
-    if not kernel_only:
+    if not kernel_only and address is not None:
+        import ipaddress
+
+        url = f"udp://{ipaddress.IPv4Address(address[1])}:{address[2]}"
+        console.print(f"  link: UDP on Gigabit Ethernet (RGMII at 125 MHz), MAC "
+                      f"{':'.join(f'{address[0] >> 8 * k & 0xFF:02x}' for k in range(5, -1, -1))}"
+                      f", at {url}; the core at {design.clock_hz / 1e6:g} MHz from the PLL "
+                      f"({board_record.clock_hz / 1e6:g} MHz oscillator). Reach it with "
+                      f"offload ping {url}")
+    elif not kernel_only:
         oscillator = get_board(board).clock_hz
         clock = (f"the {oscillator / 1e6:g} MHz oscillator" if design.clock_hz == oscillator
                  else f"{design.clock_hz / 1e6:g} MHz from the PLL "

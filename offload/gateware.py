@@ -173,13 +173,15 @@ class DeviceDesign:
 def device_design(board: str = "icebreaker", kernel_names: Sequence[str] | None = None,
                   width: int | None = None,
                   params: Mapping[str, Mapping[str, object]] | None = None,
-                  baud: int | None = None) -> DeviceDesign:
+                  baud: int | None = None,
+                  address: tuple[int, int, int] | None = None) -> DeviceDesign:
     """The design of ``board`` with ``kernel_names`` (default: every kernel that is in a device
     by default), and every kernel named in ``params``, each at ``params[name]``, else the
     board's defaults, else its own; ``width``, if given, for every kernel that has a choice of
-    widths; the link at ``baud`` (default: the board's rate), the device's clock chosen for it.
+    widths; the link at ``baud`` (default: the board's rate), the device's clock chosen for it;
+    on an Ethernet board, at ``address`` (MAC, IPv4, UDP port; default: the board's).
     """
-    from boards import get_board
+    from boards import BoardError, get_board
 
     spec_board = get_board(board)  # a clear error for an unknown board, before anything else
     if baud is not None:
@@ -199,6 +201,8 @@ def device_design(board: str = "icebreaker", kernel_names: Sequence[str] | None 
         resolved = spec.resolve(asked, board=board)
         chosen.append((spec, tuple(sorted(resolved.items()))))
     if spec_board.link == "udp":
-        return DeviceDesign(board, tuple(chosen), baud=baud, max_payload=p.UDP_MAX_PAYLOAD,
-                            max_response=p.UDP_MAX_RESPONSE)
+        return DeviceDesign(board, tuple(chosen), max_payload=p.UDP_MAX_PAYLOAD,
+                            max_response=p.UDP_MAX_RESPONSE, address=address)
+    if address is not None:
+        raise BoardError(f"{board}'s link is a UART: it has no MAC, IP address or UDP port")
     return DeviceDesign(board, tuple(chosen), baud=baud)
