@@ -145,6 +145,15 @@ def _below_seq(value):
     return value[exact_log2(_SEQ_BYTES):] == 0
 
 
+#: The header fields the executor keeps of a request.
+_X_LAYOUT = data.StructLayout({
+    "kernel": 8, "opcode": 8, "flags": 8, "length": 16, "seq": SEQ_BITS,
+})
+#: Words of 4 bytes a header is kept in (the receiver's header memory).
+_HEADER_WORDS = 3
+assert 4 * (_HEADER_WORDS - 1) < HEADER_SIZE <= 4 * _HEADER_WORDS
+
+
 class _Source(enum.Enum, shape=3):
     """Where the payload of a response frame comes from."""
     EMPTY = 0
@@ -358,23 +367,24 @@ class LinkBridge(wiring.Component):
         frame_wr = frame_buffers.write_port()
         frame_rd = frame_buffers.read_port()
 
-        desc_layout = data.StructLayout({
-            "kernel": 8, "opcode": 8, "seq": SEQ_BITS, "length": 16,
-            "more": 1,  # FLAG_MORE, on a frame that is not a continuation
-            "cont": 1,  # FLAG_CONTINUE
-            "bad": 1, "too_long": 1,
-        })
-        descs = [Signal(desc_layout, name=f"desc{b}") for b in range(2)]
+        # Each frame buffer's header is kept in a small memory of its own, in words of 4 bytes
+        # in wire order (_HEADER_WORDS of them), which the executor reads a word per cycle into
+        # one register; only what the end of the frame decides is kept for each buffer.
+        m.submodules.headers = headers = Memory(shape=32, depth=8, init=[])
+        hdr_wr = headers.write_port(granularity=8)
+        hdr_rd = headers.read_port()
+        d_bad = [Signal(name=f"bad{b}") for b in range(2)]
+        d_too_long = [Signal(name=f"too_long{b}") for b in range(2)]
         full = [Signal(name=f"full{b}") for b in range(2)]
         wbuf = Signal()  # buffer the receiver fills
         rbuf = Signal()  # buffer the executor takes next
-        w_desc = Array(descs)[wbuf]
 
         frame_max = (1 << 17) - 1  # more than any consistent frame, so the count saturates
         r_idx = Signal(range(frame_max + 1))
         r_off = Signal(buf_bits + 1)
         r_crc = Signal(32, init=INIT)
         h_version_ok = Signal()
+        h_cont = Signal()
         h_length = Signal(16)
 
         rx_good, rx_bad = Signal(), Signal()
@@ -390,12 +400,11 @@ class LinkBridge(wiring.Component):
                     for b in range(2):
                         with m.If(wbuf == b):
                             m.d.sync += [
-                                descs[b].length.eq(h_length),
-                                descs[b].bad.eq(
+                                d_bad[b].eq(
                                     ~h_version_ok
                                     | (r_idx != h_length + HEADER_SIZE + CRC_SIZE)
-                                    | (descs[b].cont & (h_length != 0))),
-                                descs[b].too_long.eq(h_length > self.max_payload),
+                                    | (h_cont & (h_length != 0))),
+                                d_too_long[b].eq(h_length > self.max_payload),
                             ]
                     m.d.sync += wbuf.eq(~wbuf)
                 with m.Else():
@@ -407,26 +416,18 @@ class LinkBridge(wiring.Component):
                     r_idx.eq(Mux(r_idx == frame_max, r_idx, r_idx + 1)),
                     r_crc.eq(crc_byte_step(m, r_crc, byte, "rx_crc")),
                 ]
+                # The header goes into the header memory of the buffer being filled: the
+                # executor has read it already, and a good frame writes it all.
+                with m.If(r_idx < 4 * _HEADER_WORDS):  # a byte or two of payload does no harm
+                    m.d.comb += hdr_wr.en.eq(1 << r_idx[:2])
                 with m.Switch(r_idx):
                     with m.Case(0):
                         m.d.sync += h_version_ok.eq(byte == LINK_VERSION)
-                    # These fields go straight into the descriptor of the buffer being filled:
-                    # the executor has taken it already, and a good frame writes them all.
-                    with m.Case(1):
-                        m.d.sync += w_desc.kernel.eq(byte)
-                    with m.Case(2):
-                        m.d.sync += w_desc.opcode.eq(byte)
                     with m.Case(3):
-                        m.d.sync += [
-                            w_desc.more.eq((byte & (FLAG_MORE | FLAG_CONTINUE)) == FLAG_MORE),
-                            w_desc.cont.eq((byte & FLAG_CONTINUE) != 0),
-                        ]
-                    for i in range(_SEQ_BYTES):
-                        with m.Case(4 + i):
-                            m.d.sync += w_desc.seq.word_select(i, 8).eq(byte)
-                    with m.Case(4 + _SEQ_BYTES):
+                        m.d.sync += h_cont.eq((byte & FLAG_CONTINUE) != 0)
+                    with m.Case(8):
                         m.d.sync += h_length[:8].eq(byte)
-                    with m.Case(5 + _SEQ_BYTES):
+                    with m.Case(9):
                         m.d.sync += h_length[8:].eq(byte)
                 # Everything after the header goes into the buffer (the CRC too, when there is
                 # room: it is never read); a frame longer than the buffer only has its CRC
@@ -437,6 +438,8 @@ class LinkBridge(wiring.Component):
         m.d.comb += [
             frame_wr.addr.eq(Cat(r_off[:buf_bits], wbuf)),
             frame_wr.data.eq(beat.payload.data),
+            hdr_wr.addr.eq(Cat(r_idx[2:4], wbuf)),
+            hdr_wr.data.eq(beat.payload.data.replicate(4)),
         ]
         with m.If(flush):
             m.d.sync += [r_idx.eq(0), r_off.eq(0), r_crc.eq(INIT)]
@@ -462,8 +465,19 @@ class LinkBridge(wiring.Component):
         executed = Signal(range(self.window + 1))  # frames executed, up to the window
         target = expected[:win_bits]  # the replay slot of the frame being executed
 
-        # The request being executed.
-        x = Signal(desc_layout)
+        # The request being executed: its header, read from the header memory a word per
+        # cycle, and what the receiver decided of it.
+        x = Signal(_X_LAYOUT)
+        x_bad = Signal()  # bad: a wrong version, an inconsistent length or continuation
+        x_too_long = Signal()
+        x_more = Signal()  # FLAG_MORE, on a frame that is not a continuation
+        x_cont = Signal()  # FLAG_CONTINUE
+        m.d.comb += [
+            x_more.eq((x.flags & (FLAG_MORE | FLAG_CONTINUE)) == FLAG_MORE),
+            x_cont.eq((x.flags & FLAG_CONTINUE) != 0),
+        ]
+        hp = Signal(range(_HEADER_WORDS))  # the header word being read
+        exec_idle = Signal()
         x_buf = Signal()
         x_held = Signal()  # its frame buffer is not yet released
         x_known = Signal()
@@ -475,14 +489,18 @@ class LinkBridge(wiring.Component):
         r_more = Signal()  # the response carries FLAG_MORE
 
         # The response handed to the sender.
-        p_valid = Signal()
-        p_src = Signal(_Source)
-        p_slot = Signal(win_bits)
-        p_seq = Signal(SEQ_BITS)
-        p_kernel = Signal(8)
-        p_status = Signal(_STATUS_BITS)
-        p_length = Signal(16)
-        p_value = Signal(SEQ_BITS)  # the expected number (for MANIFEST and VALUE)
+        # The response is made straight into the sender's registers, only while the sender is
+        # idle (s_free): one copy of it. The expected number changes only then too (a frame
+        # finishing, a sync), so the sender reads it live for MANIFEST and VALUE.
+        p_valid = Signal()  # a response is made and the sender has not yet started on it
+        s_free = Signal()  # the sender is idle and no response waits
+        b_src = Signal(_Source)
+        b_slot = Signal(win_bits)
+        b_seq = Signal(SEQ_BITS)
+        b_kernel = Signal(8)
+        b_status = Signal(_STATUS_BITS)
+        b_length = Signal(16)
+        b_more = Signal()
 
         release = Signal()
         for b in range(2):
@@ -496,20 +514,18 @@ class LinkBridge(wiring.Component):
                 m.d.comb += release.eq(1)
                 m.d.sync += x_held.eq(0)
 
-        # A response's kernel, sequence number and value are loaded while none waits (so in
-        # the cycle it is made, too), not by each response: their enables stay one flip-flop.
-        # The value is always the expected number as it is then; the sequence number, x.seq but
-        # during a sync, whose target replaces it in x.seq (see below).
+        # A response's kernel and sequence number are loaded while the sender is free (so in
+        # the cycle the response is made, too), not by each response: their enables stay one
+        # flip-flop. The sequence number is x.seq but during a sync, whose target replaces it in
+        # x.seq (see below).
         def respond(src, status, length=0):
             m.d.sync += [
-                p_valid.eq(1), p_src.eq(src), p_status.eq(status), p_length.eq(length),
+                p_valid.eq(1), b_src.eq(src), b_status.eq(status), b_length.eq(length),
             ]
 
-        # Set by the sender: the replay slot it is reading, if any.
+        # Set by the sender: it is sending a response.
         b_slot_busy = Signal()
-        b_slot = Signal(win_bits)
-        slot_hazard = ((p_valid & (p_src == _Source.SLOT) & (p_slot == target))
-                       | (b_slot_busy & (b_slot == target)))
+        slot_hazard = (p_valid | b_slot_busy) & (b_src == _Source.SLOT) & (b_slot == target)
 
         # The expected number is only ever loaded from x.seq: a frame finishes because its
         # number is the expected one (then it steps past it), and a sync's target is shifted
@@ -609,14 +625,15 @@ class LinkBridge(wiring.Component):
         with m.If(take):
             m.d.sync += [fp_end.eq(fp_last), fp_last.eq(fp + 1 == x.length - 1)]
         has_byte = ~fp_end
-        msg_last_byte = ~x.more & fp_last
+        msg_last_byte = ~x_more & fp_last
         forms_beat = (acc_n == x_width_m1) | msg_last_byte
         f_free = ~f_valid | k_ready
         # A message whose last frame has no payload ends with what the packer holds.
-        final_beat = ~has_byte & ~x.more & ~last_sent & f_free
+        final_beat = ~has_byte & ~x_more & ~last_sent & f_free
         placed = (Cat(acc, Const(0, 8)) | (byte << Cat(Const(0, 3), acc_n)))[:len(f_data)]
-        feed_done = ~has_byte & (x.more | last_sent) & ~f_valid
+        feed_done = ~has_byte & (x_more | last_sent) & ~f_valid
         m.d.comb += frame_rd.addr.eq(Cat(Mux(take, fp + 1, fp)[:buf_bits], x_buf))
+        m.d.comb += hdr_rd.addr.eq(Mux(exec_idle, Cat(Const(0, 2), rbuf), Cat((hp + 1)[:2], x_buf)))
 
         # Collect. A beat is taken only when all of its bytes fit in the slot. As max_response
         # is a multiple of the width and every beat but a response's last is full, that is when
@@ -653,25 +670,39 @@ class LinkBridge(wiring.Component):
         with m.FSM(name="execute") as exec_fsm:
             with m.State("IDLE"):
                 with m.If(Mux(rbuf, full[1], full[0])):
-                    desc = Mux(rbuf, descs[1].as_value(), descs[0].as_value())
                     m.d.sync += [
-                        x.eq(desc), x_buf.eq(rbuf), x_held.eq(1), rbuf.eq(~rbuf),
-                        fp.eq(0), x_known.eq(0), x_op_ok.eq(0),
+                        x_buf.eq(rbuf), x_held.eq(1), rbuf.eq(~rbuf), fp.eq(0), hp.eq(0),
+                        x_bad.eq(Mux(rbuf, d_bad[1], d_bad[0])),
+                        x_too_long.eq(Mux(rbuf, d_too_long[1], d_too_long[0])),
                     ]
-                    opcode = desc_layout(desc).opcode
-                    with m.Switch(desc_layout(desc).kernel):
-                        for k, (kernel_id, component) in enumerate(self.kernels):
-                            with m.Case(kernel_id):
-                                m.d.sync += [
-                                    x_known.eq(1),
-                                    x_kidx.eq(k),
-                                    x_width_m1.eq(component.width - 1),
-                                    x_op_ok.eq((opcode < len(component.operations))
-                                               | (opcode == OP_RESET)),
-                                ]
-                    m.next = "CHECK"
+                    m.next = "LOAD"
 
-            with m.State("CHECK"):
+            with m.State("LOAD"):
+                # Word hp, asked for in the cycle before, is here; the next one is asked for.
+                m.d.sync += hp.eq(hp + 1)
+                word = hdr_rd.data
+                with m.Switch(hp):
+                    with m.Case(0):
+                        m.d.sync += [x.kernel.eq(word[8:16]), x.opcode.eq(word[16:24]),
+                                     x.flags.eq(word[24:])]
+                    with m.Case(1):
+                        m.d.sync += x.seq.eq(word)
+                    with m.Case(2):
+                        m.d.sync += x.length.eq(word[:16])
+                        m.next = "KERNEL"
+
+            with m.State("KERNEL"):
+                m.d.sync += [x_known.eq(0), x_op_ok.eq(0)]
+                with m.Switch(x.kernel):
+                    for k, (kernel_id, component) in enumerate(self.kernels):
+                        with m.Case(kernel_id):
+                            m.d.sync += [
+                                x_known.eq(1),
+                                x_kidx.eq(k),
+                                x_width_m1.eq(component.width - 1),
+                                x_op_ok.eq((x.opcode < len(component.operations))
+                                           | (x.opcode == OP_RESET)),
+                            ]
                 m.next = "DECIDE"
 
             with m.State("DECIDE"):
@@ -683,10 +714,10 @@ class LinkBridge(wiring.Component):
                         respond(*args, **kwargs)
                         m.next = "IDLE"
 
-                    with m.If(~p_valid):
-                        with m.If(x.bad | (op_sync & x_short)):
+                    with m.If(s_free):
+                        with m.If(x_bad | (op_sync & x_short)):
                             answer(_Source.EMPTY, STATUS_BAD_FRAME)
-                        with m.Elif(x.too_long):
+                        with m.Elif(x_too_long):
                             answer(_Source.EMPTY, STATUS_TOO_LONG)
                         with m.Elif(op_manifest):
                             answer(_Source.MANIFEST, STATUS_OK,
@@ -695,7 +726,7 @@ class LinkBridge(wiring.Component):
                             answer(_Source.COUNTERS, STATUS_OK, length=self.counters_size)
                         with m.Elif(op_sync):
                             # The target replaces the sequence number in x.seq. The number
-                            # waits in p_seq, loaded in this cycle and held through the sync
+                            # waits in b_seq, loaded in this cycle and held through the sync
                             # (the sender does not look at it while p_valid is low).
                             m.next = "SYNC"
                         with m.Else():
@@ -707,11 +738,11 @@ class LinkBridge(wiring.Component):
                             r_length.eq(0), r_more.eq(0), r_status.eq(STATUS_OK),
                             slot_full.eq(0), slot_almost.eq(self.max_response == 1),
                         ]
-                        with m.If(x.bad | x.too_long | ~x_known | ~x_op_ok):
+                        with m.If(x_bad | x_too_long | ~x_known | ~x_op_ok):
                             release_buffer()
-                            with m.If(x.bad):
+                            with m.If(x_bad):
                                 m.d.sync += r_status.eq(STATUS_BAD_FRAME)
-                            with m.Elif(x.too_long):
+                            with m.Elif(x_too_long):
                                 m.d.sync += r_status.eq(STATUS_TOO_LONG)
                             with m.Elif(~x_known):
                                 m.d.sync += r_status.eq(STATUS_UNKNOWN_KERNEL)
@@ -725,7 +756,7 @@ class LinkBridge(wiring.Component):
                                 forget_kernel()
                                 m.d.sync += Array(k_reset)[x_kidx].eq(1)
                                 m.next = "FINISH"
-                            with m.Elif(x.cont & ~select(pending)):
+                            with m.Elif(x_cont & ~select(pending)):
                                 release_buffer()  # nothing to collect: STATUS_OK, empty
                                 m.next = "FINISH"
                             with m.Else():
@@ -734,24 +765,24 @@ class LinkBridge(wiring.Component):
                                 # abandoned response first; a frame that continues a message
                                 # whose response has ended has nothing to collect.
                                 m.d.sync += [
-                                    last_sent.eq(x.cont), r_error.eq(0), more_stop.eq(0),
+                                    last_sent.eq(x_cont), r_error.eq(0), more_stop.eq(0),
                                     got_last.eq(k_in_msg & ~k_out_open),
-                                    draining.eq(~x.cont & ~k_in_msg & k_out_open),
+                                    draining.eq(~x_cont & ~k_in_msg & k_out_open),
                                     watchdog.eq(wd_start), timed_out.eq(0),
                                     acc.eq(Array(saved_acc)[x_kidx]),
                                     acc_n.eq(Array(saved_acc_n)[x_kidx]),
-                                    Array(in_msg)[x_kidx].eq(~x.cont),
+                                    Array(in_msg)[x_kidx].eq(~x_cont),
                                 ]
                                 m.next = "RUN"
                 with m.Elif(seq_kept):
-                    with m.If(~p_valid):
+                    with m.If(s_free):
                         release_buffer()
                         respond(_Source.SLOT, 0)
-                        m.d.sync += p_slot.eq(x.seq[:win_bits])
+                        m.d.sync += b_slot.eq(x.seq[:win_bits])
                         m.d.comb += counted_replay.eq(1)
                         m.next = "IDLE"
                 with m.Else():
-                    with m.If(~p_valid):
+                    with m.If(s_free):
                         release_buffer()
                         respond(_Source.VALUE, STATUS_OUT_OF_SEQUENCE, length=_SEQ_BYTES)
                         m.d.comb += counted_oos.eq(1)
@@ -779,7 +810,7 @@ class LinkBridge(wiring.Component):
                     with m.If(~has_byte):
                         release_buffer()
 
-                    m.d.sync += more_stop.eq(x.more & feed_done)
+                    m.d.sync += more_stop.eq(x_more & feed_done)
                     with m.If(u_valid):
                         m.d.comb += slot_wr.en.eq(1)
                         m.d.sync += [
@@ -802,11 +833,11 @@ class LinkBridge(wiring.Component):
                                 m.d.sync += [got_last.eq(1), r_error.eq(o_error)]
 
                     with m.If(done):
-                        more = ~x.more & ~got_last
+                        more = ~x_more & ~got_last
                         m.d.sync += [
                             Array(saved_acc)[x_kidx].eq(acc),
                             Array(saved_acc_n)[x_kidx].eq(acc_n),
-                            Array(in_msg)[x_kidx].eq(x.more),
+                            Array(in_msg)[x_kidx].eq(x_more),
                             Array(out_open)[x_kidx].eq(~got_last),
                             Array(pending)[x_kidx].eq(more),
                             r_more.eq(more),
@@ -825,7 +856,7 @@ class LinkBridge(wiring.Component):
                         m.d.sync += [
                             f_valid.eq(0), u_valid.eq(0), draining.eq(0), timed_out.eq(0),
                             r_status.eq(STATUS_KERNEL_TIMEOUT), r_length.eq(0),
-                            Array(in_msg)[x_kidx].eq(x.more | ~(last_sent & f_free)),
+                            Array(in_msg)[x_kidx].eq(x_more | ~(last_sent & f_free)),
                             Array(out_open)[x_kidx].eq(~got_last),
                             Array(pending)[x_kidx].eq(0),
                         ]
@@ -860,7 +891,7 @@ class LinkBridge(wiring.Component):
                 m.next = "IDLE"
 
             with m.State("FINISH"):
-                with m.If(~p_valid):
+                with m.If(s_free):
                     release_buffer()
                     m.d.comb += [
                         meta_wr.en.eq(1),
@@ -873,19 +904,20 @@ class LinkBridge(wiring.Component):
                     respond(_Source.SLOT, 0)
                     m.d.comb += [e_load.eq(1), e_step.eq(1)]
                     m.d.sync += [
-                        p_slot.eq(target),
+                        b_slot.eq(target),
                         executed.eq(Mux(executed == self.window, executed, executed + 1)),
                     ]
                     m.next = "IDLE"
 
         running = exec_fsm.ongoing("RUN") if n_kernels else Const(0)
+        m.d.comb += exec_idle.eq(exec_fsm.ongoing("IDLE"))
 
-        with m.If(~p_valid):
-            m.d.sync += [p_kernel.eq(x.kernel), p_value.eq(expected)]
+        with m.If(s_free):
+            m.d.sync += b_kernel.eq(x.kernel)
             syncing = (exec_fsm.ongoing("SYNC") | exec_fsm.ongoing("SYNC_CHECK")
                        | exec_fsm.ongoing("SYNCED"))
             with m.If(~syncing):
-                m.d.sync += p_seq.eq(x.seq)
+                m.d.sync += b_seq.eq(x.seq)
 
         # Kernel ports. Beats go in from flip-flops, each with its frame's opcode. A kernel's
         # response is taken while a frame to it runs; otherwise it is held while the kernel has
@@ -934,11 +966,6 @@ class LinkBridge(wiring.Component):
         with m.If(enc_in.ready):
             m.d.sync += s_valid.eq(0)
 
-        b_src = Signal(_Source)
-        b_seq, b_length, b_value = Signal(SEQ_BITS), Signal(16), Signal(SEQ_BITS)
-        b_kernel = Signal(8)
-        b_status = Signal(_STATUS_BITS)
-        b_more = Signal()
         b_crc = Signal(32)
         cnt = Signal(16)
         tx_byte = Signal(8)
@@ -948,7 +975,7 @@ class LinkBridge(wiring.Component):
         in_payload = Signal()
         pay_next = Mux(in_payload, Mux(advance, cnt + 1, cnt), 0)
         m.d.comb += [
-            meta_rd.addr.eq(p_slot),
+            meta_rd.addr.eq(b_slot),
             slot_rd.addr.eq(Cat(pay_next[:slot_bits], b_slot)),
         ]
         if self.manifest:
@@ -990,7 +1017,7 @@ class LinkBridge(wiring.Component):
         counter_word = Mux(c_open, c_live, bank.rd_data)
         counter_byte = counter_word.word_select(cnt[:2], 8)
         c_ready = c_have | bank.rd_valid
-        value_byte = b_value.word_select(cnt[:2], 8)
+        value_byte = expected.word_select(cnt[:2], 8)
 
         def emit(last=0):
             m.d.sync += [s_valid.eq(1), s_data.eq(tx_byte), s_last.eq(last)]
@@ -998,13 +1025,8 @@ class LinkBridge(wiring.Component):
         with m.FSM(name="send") as send_fsm:
             with m.State("IDLE"):
                 with m.If(p_valid):
-                    m.d.sync += [
-                        p_valid.eq(0),
-                        b_src.eq(p_src), b_slot.eq(p_slot), b_seq.eq(p_seq),
-                        b_kernel.eq(p_kernel), b_status.eq(p_status), b_length.eq(p_length),
-                        b_value.eq(p_value), b_crc.eq(INIT), cnt.eq(0), b_more.eq(0),
-                    ]
-                    with m.If(p_src == _Source.SLOT):
+                    m.d.sync += [p_valid.eq(0), b_crc.eq(INIT), cnt.eq(0), b_more.eq(0)]
+                    with m.If(b_src == _Source.SLOT):
                         m.next = "LOAD"
                     with m.Else():
                         m.next = "HEADER"
@@ -1071,7 +1093,10 @@ class LinkBridge(wiring.Component):
                         m.d.comb += frame_sent.eq(1)
                         m.next = "IDLE"
 
-        m.d.comb += b_slot_busy.eq(~send_fsm.ongoing("IDLE") & (b_src == _Source.SLOT))
+        m.d.comb += [
+            b_slot_busy.eq(~send_fsm.ongoing("IDLE")),
+            s_free.eq(~p_valid & send_fsm.ongoing("IDLE")),
+        ]
 
         # ---- Counters ---------------------------------------------------------------------
 
