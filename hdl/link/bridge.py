@@ -540,6 +540,9 @@ class LinkBridge(wiring.Component):
         # when the sender is done with the slot.
         seq_behind = Signal(SEQ_BITS)
         m.d.comb += seq_behind.eq(expected - x.seq)
+        win_cmp = len(executed)  # bits of seq_behind compared with executed
+        behind_mid_zero = seq_behind[win_cmp:-1] == 0
+        behind_high_zero = behind_mid_zero & ~seq_behind[-1]
         seq_same = Signal()  # x.seq is the expected number
         seq_kept = Signal()  # x.seq is in the replay window (or the expected number)
         seq_ahead = Signal()  # x.seq is ahead of the expected number, E - T from 2**31 + 1
@@ -549,9 +552,10 @@ class LinkBridge(wiring.Component):
             Signal(name=f"op_{name}") for name in ("sync", "manifest", "counters", "reset"))
         slot_busy = Signal()  # slot_hazard
         m.d.sync += [
-            seq_same.eq(seq_behind == 0),
-            seq_kept.eq(seq_behind <= executed),
-            seq_ahead.eq(seq_behind[-1] & (seq_behind[:-1] != 0)),
+            # One subtractor; the tests are of its bits, below the window's and above.
+            seq_same.eq(behind_high_zero & (seq_behind[:win_cmp] == 0)),
+            seq_kept.eq(behind_high_zero & (seq_behind[:win_cmp] <= executed)),
+            seq_ahead.eq(seq_behind[-1] & ~(behind_mid_zero & (seq_behind[:win_cmp] == 0))),
             x_system.eq(x.kernel == SYSTEM_KERNEL_ID),
             x_short.eq(_below_seq(x.length)),
             op_sync.eq(x.opcode == OP_SYNC),
@@ -945,8 +949,11 @@ class LinkBridge(wiring.Component):
         # ---- Send -------------------------------------------------------------------------
 
         if self.manifest:
+            # The manifest at the offset it has in the payload, after the expected number, so
+            # that the ROM is addressed by the payload's byte count.
             m.submodules.manifest_rom = manifest_rom = Memory(
-                shape=8, depth=len(self.manifest), init=self.manifest)
+                shape=8, depth=_SEQ_BYTES + len(self.manifest),
+                init=bytes(_SEQ_BYTES) + self.manifest)
             rom_rd = manifest_rom.read_port()
         if self.framing == "cobs":
             m.submodules.encoder = encoder = CobsEncoder()
@@ -979,7 +986,7 @@ class LinkBridge(wiring.Component):
             slot_rd.addr.eq(Cat(pay_next[:slot_bits], b_slot)),
         ]
         if self.manifest:
-            m.d.comb += rom_rd.addr.eq(Mux(_below_seq(pay_next), 0, pay_next - _SEQ_BYTES))
+            m.d.comb += rom_rd.addr.eq(pay_next)
 
         # Counters: before the first byte of each word, the word is read from the bank (or, for
         # open_message, taken live); the send waits for it. The bank's rd_data holds the word
@@ -1014,8 +1021,8 @@ class LinkBridge(wiring.Component):
                     m.d.comb += c_next.eq(bank_index(w + 1))
                     if kind == "open":
                         m.d.comb += [c_open.eq(1), c_live.eq(in_msg[index])]
-        counter_word = Mux(c_open, c_live, bank.rd_data)
-        counter_byte = counter_word.word_select(cnt[:2], 8)
+        # An open_message word is 0 or 1: only its first byte can be other than 0.
+        counter_byte = Mux(c_open, c_live & (cnt[:2] == 0), bank.rd_data.word_select(cnt[:2], 8))
         c_ready = c_have | bank.rd_valid
         value_byte = expected.word_select(cnt[:2], 8)
 
