@@ -452,12 +452,18 @@ class LinkBridge(wiring.Component):
             shape=8, depth=self.window << slot_bits, init=[])
         slot_wr = replay_slots.write_port()
         slot_rd = replay_slots.read_port()
+        # The longest response payload: a replay slot, the manifest, the counters.
+        resp_max = max(self.max_response, _SEQ_BYTES + len(self.manifest), self.counters_size)
+        # What the header of a response says but its sequence number: for each replay slot,
+        # and after them, for the response being sent if it is not from a slot. The sender
+        # reads it from here as it goes (only the executor writes it, and only while the sender
+        # is free).
         meta_layout = data.StructLayout({
-            "kernel": 8, "status": _STATUS_BITS, "length": range(self.max_response + 1),
+            "kernel": 8, "status": _STATUS_BITS, "length": range(resp_max + 1),
             "more": 1,  # FLAG_MORE in the response
         })
         m.submodules.replay_meta = replay_meta = Memory(
-            shape=meta_layout, depth=self.window, init=[])
+            shape=meta_layout, depth=self.window + 1, init=[])
         meta_wr = replay_meta.write_port()
         meta_rd = replay_meta.read_port()
 
@@ -495,12 +501,8 @@ class LinkBridge(wiring.Component):
         p_valid = Signal()  # a response is made and the sender has not yet started on it
         s_free = Signal()  # the sender is idle and no response waits
         b_src = Signal(_Source)
-        b_slot = Signal(win_bits)
+        b_slot = Signal(win_bits + 1)  # its replay slot, or the window: its meta entry
         b_seq = Signal(SEQ_BITS)
-        b_kernel = Signal(8)
-        b_status = Signal(_STATUS_BITS)
-        b_length = Signal(16)
-        b_more = Signal()
 
         release = Signal()
         for b in range(2):
@@ -519,13 +521,21 @@ class LinkBridge(wiring.Component):
         # flip-flop. The sequence number is x.seq but during a sync, whose target replaces it in
         # x.seq (see below).
         def respond(src, status, length=0):
-            m.d.sync += [
-                p_valid.eq(1), b_src.eq(src), b_status.eq(status), b_length.eq(length),
-            ]
+            m.d.sync += [p_valid.eq(1), b_src.eq(src)]
+            if src != _Source.SLOT:
+                m.d.comb += [
+                    meta_wr.en.eq(1),
+                    meta_wr.addr.eq(self.window),
+                    meta_wr.data.kernel.eq(x.kernel),
+                    meta_wr.data.status.eq(status),
+                    meta_wr.data.length.eq(length),
+                    meta_wr.data.more.eq(0),
+                ]
+                m.d.sync += b_slot.eq(self.window)
 
         # Set by the sender: it is sending a response.
         b_slot_busy = Signal()
-        slot_hazard = (p_valid | b_slot_busy) & (b_src == _Source.SLOT) & (b_slot == target)
+        slot_hazard = (p_valid | b_slot_busy) & (b_slot == target)
 
         # The expected number is only ever loaded from x.seq: a frame finishes because its
         # number is the expected one (then it steps past it), and a sync's target is shifted
@@ -917,7 +927,6 @@ class LinkBridge(wiring.Component):
         m.d.comb += exec_idle.eq(exec_fsm.ongoing("IDLE"))
 
         with m.If(s_free):
-            m.d.sync += b_kernel.eq(x.kernel)
             syncing = (exec_fsm.ongoing("SYNC") | exec_fsm.ongoing("SYNC_CHECK")
                        | exec_fsm.ongoing("SYNCED"))
             with m.If(~syncing):
@@ -974,7 +983,7 @@ class LinkBridge(wiring.Component):
             m.d.sync += s_valid.eq(0)
 
         b_crc = Signal(32)
-        cnt = Signal(16)
+        cnt = Signal(range(max(resp_max, HEADER_SIZE)))  # the byte being sent, in its part
         tx_byte = Signal(8)
         tx_crc_next = crc_byte_step(m, b_crc, tx_byte, "tx_crc")
         frame_sent = Signal()
@@ -983,7 +992,7 @@ class LinkBridge(wiring.Component):
         pay_next = Mux(in_payload, Mux(advance, cnt + 1, cnt), 0)
         m.d.comb += [
             meta_rd.addr.eq(b_slot),
-            slot_rd.addr.eq(Cat(pay_next[:slot_bits], b_slot)),
+            slot_rd.addr.eq(Cat(pay_next[:slot_bits], b_slot[:win_bits])),
         ]
         if self.manifest:
             m.d.comb += rom_rd.addr.eq(pay_next)
@@ -1029,28 +1038,19 @@ class LinkBridge(wiring.Component):
         def emit(last=0):
             m.d.sync += [s_valid.eq(1), s_data.eq(tx_byte), s_last.eq(last)]
 
+        meta = meta_rd.data  # read at b_slot since the cycle before HEADER
+        b_length = meta.length
         with m.FSM(name="send") as send_fsm:
             with m.State("IDLE"):
                 with m.If(p_valid):
-                    m.d.sync += [p_valid.eq(0), b_crc.eq(INIT), cnt.eq(0), b_more.eq(0)]
-                    with m.If(b_src == _Source.SLOT):
-                        m.next = "LOAD"
-                    with m.Else():
-                        m.next = "HEADER"
-            with m.State("LOAD"):
-                m.d.sync += [
-                    b_kernel.eq(meta_rd.data.kernel),
-                    b_status.eq(meta_rd.data.status),
-                    b_length.eq(meta_rd.data.length),
-                    b_more.eq(meta_rd.data.more),
-                ]
-                m.next = "HEADER"
+                    m.d.sync += [p_valid.eq(0), b_crc.eq(INIT), cnt.eq(0)]
+                    m.next = "HEADER"
             with m.State("HEADER"):
                 header = Array([
-                    Const(LINK_VERSION, 8), b_kernel, b_status,
-                    Mux(b_more, FLAG_RESPONSE | FLAG_MORE, FLAG_RESPONSE),
+                    Const(LINK_VERSION, 8), meta.kernel, meta.status,
+                    Mux(meta.more, FLAG_RESPONSE | FLAG_MORE, FLAG_RESPONSE),
                     *(b_seq.word_select(i, 8) for i in range(_SEQ_BYTES)),
-                    b_length[:8], b_length[8:],
+                    b_length.as_unsigned()[:8], b_length.as_unsigned()[8:16],
                 ])
                 assert len(header) == HEADER_SIZE
                 m.d.comb += tx_byte.eq(header[cnt[:4]])
