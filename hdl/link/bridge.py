@@ -473,7 +473,7 @@ class LinkBridge(wiring.Component):
 
         # The request being executed: its header, read from the header memory a word per
         # cycle, and what the receiver decided of it.
-        x = Signal(_X_LAYOUT)
+        x = Signal(_X_LAYOUT, reset_less=True)
         x_bad = Signal()  # bad: a wrong version, an inconsistent length or continuation
         x_too_long = Signal()
         x_more = Signal()  # FLAG_MORE, on a frame that is not a continuation
