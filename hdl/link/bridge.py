@@ -381,7 +381,6 @@ class LinkBridge(wiring.Component):
 
         frame_max = (1 << 17) - 1  # more than any consistent frame, so the count saturates
         r_idx = Signal(range(frame_max + 1))
-        r_off = Signal(buf_bits + 1)
         r_crc = Signal(32, init=INIT)
         h_version_ok = Signal()
         h_cont = Signal()
@@ -409,7 +408,7 @@ class LinkBridge(wiring.Component):
                     m.d.sync += wbuf.eq(~wbuf)
                 with m.Else():
                     m.d.comb += rx_bad.eq(1)
-                m.d.sync += [r_idx.eq(0), r_off.eq(0), r_crc.eq(INIT)]
+                m.d.sync += [r_idx.eq(0), r_crc.eq(INIT)]
             with m.Else():
                 byte = beat.payload.data
                 m.d.sync += [
@@ -430,19 +429,20 @@ class LinkBridge(wiring.Component):
                     with m.Case(9):
                         m.d.sync += h_length[8:].eq(byte)
                 # Everything after the header goes into the buffer (the CRC too, when there is
-                # room: it is never read); a frame longer than the buffer only has its CRC
-                # checked, to be answered STATUS_TOO_LONG.
-                with m.If((r_idx >= HEADER_SIZE) & ~r_off[buf_bits]):
+                # room: it is never read), each byte at its offset in the frame modulo the
+                # buffer's size, so that the payload wraps around the end of the buffer; a frame
+                # longer than the buffer only has its CRC checked, to be answered
+                # STATUS_TOO_LONG.
+                with m.If((r_idx >= HEADER_SIZE) & (r_idx < HEADER_SIZE + (1 << buf_bits))):
                     m.d.comb += frame_wr.en.eq(1)
-                    m.d.sync += r_off.eq(r_off + 1)
         m.d.comb += [
-            frame_wr.addr.eq(Cat(r_off[:buf_bits], wbuf)),
+            frame_wr.addr.eq(Cat(r_idx[:buf_bits], wbuf)),
             frame_wr.data.eq(beat.payload.data),
             hdr_wr.addr.eq(Cat(r_idx[2:4], wbuf)),
             hdr_wr.data.eq(beat.payload.data.replicate(4)),
         ]
         with m.If(flush):
-            m.d.sync += [r_idx.eq(0), r_off.eq(0), r_crc.eq(INIT)]
+            m.d.sync += [r_idx.eq(0), r_crc.eq(INIT)]
 
         # ---- Execute ----------------------------------------------------------------------
 
@@ -577,7 +577,9 @@ class LinkBridge(wiring.Component):
         counted_replay, counted_oos = Signal(), Signal()
 
         # Kernel feed: payload bytes packed into the selected kernel's beats.
-        fp = Signal(range(self.max_payload + 1))  # payload bytes taken from the buffer
+        # The frame offset of the next payload byte to take from the buffer (the payload
+        # starts at HEADER_SIZE).
+        fp = Signal(range(HEADER_SIZE + self.max_payload + 1))
         take = Signal()
         f_valid, f_last = Signal(), Signal()
         f_data = Signal(8 * max_width)
@@ -634,10 +636,10 @@ class LinkBridge(wiring.Component):
         # Where fp stands against the payload's length is kept in flip-flops, a byte ahead (set
         # in DECIDE, stepped with fp), so that no comparator sits in front of ``take``.
         byte = frame_rd.data
-        fp_end = Signal()  # fp == x.length
-        fp_last = Signal()  # fp == x.length - 1
+        fp_end = Signal()  # the payload is all taken: fp == HEADER_SIZE + x.length
+        fp_last = Signal()  # fp == HEADER_SIZE + x.length - 1
         with m.If(take):
-            m.d.sync += [fp_end.eq(fp_last), fp_last.eq(fp + 1 == x.length - 1)]
+            m.d.sync += [fp_end.eq(fp_last), fp_last.eq(fp == x.length + (HEADER_SIZE - 2))]
         has_byte = ~fp_end
         msg_last_byte = ~x_more & fp_last
         forms_beat = (acc_n == x_width_m1) | msg_last_byte
@@ -685,7 +687,7 @@ class LinkBridge(wiring.Component):
             with m.State("IDLE"):
                 with m.If(Mux(rbuf, full[1], full[0])):
                     m.d.sync += [
-                        x_buf.eq(rbuf), x_held.eq(1), rbuf.eq(~rbuf), fp.eq(0), hp.eq(0),
+                        x_buf.eq(rbuf), x_held.eq(1), rbuf.eq(~rbuf), fp.eq(HEADER_SIZE), hp.eq(0),
                         x_bad.eq(Mux(rbuf, d_bad[1], d_bad[0])),
                         x_too_long.eq(Mux(rbuf, d_too_long[1], d_too_long[0])),
                     ]
@@ -884,8 +886,7 @@ class LinkBridge(wiring.Component):
                 # The target comes from the frame buffer a byte per cycle, as RUN takes payload,
                 # into x.seq: then seq_behind is E - T, and T is ahead of E when E - T is
                 # from 2**31 + 1 to 2**32 - 1 (seq_ahead, in SYNC_CHECK).
-                # fp counts to _SEQ_BYTES, a power of two, so its bit says when it is there.
-                with m.If(~fp[exact_log2(_SEQ_BYTES)]):
+                with m.If(fp != HEADER_SIZE + _SEQ_BYTES):
                     m.d.comb += take.eq(1)
                     m.d.sync += [fp.eq(fp + 1), x.seq.eq(Cat(x.seq[8:], frame_rd.data))]
                 with m.Else():
