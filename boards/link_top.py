@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from amaranth.hdl import ClockDomain, Module
-from amaranth.lib import fifo, io, stream, wiring
+from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hdl.link.bridge import LinkBridge
+from hdl.link.fifo import ByteFifo
 from hdl.link.uart import UartRx, UartTx
 
 __all__ = ["LinkTop", "MODES", "rx_fifo_depth"]
@@ -108,7 +109,7 @@ class LinkTop(wiring.Component):
             m.submodules.clock = PllClock(self.clock_hz)
         m.submodules.uart_rx = rx = UartRx(self.divisor)
         m.submodules.uart_tx = tx = UartTx(self.divisor)
-        m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=rx_fifo_depth())
+        m.submodules.rx_fifo = rx_fifo = ByteFifo(rx_fifo_depth())
         wiring.connect(m, rx.o_stream, rx_fifo.w_stream)
         wiring.connect(m, rx_fifo.r_stream, bridge.i_bytes)
         wiring.connect(m, bridge.o_bytes, tx.i_stream)

@@ -128,6 +128,7 @@ from .protocol import (
     STATUS_UNKNOWN_KERNEL,
     SYSTEM_KERNEL_ID,
 )
+from .ram import NO_RW_CHECK, read_port
 
 __all__ = ["LinkBridge", "CRC_RESIDUE"]
 
@@ -361,18 +362,23 @@ class LinkBridge(wiring.Component):
                 with m.Else():
                     m.d.sync += silence.eq(silence + 1)
 
+        # The memories are read through ram.read_port: none reads a byte it is writing when the
+        # byte matters. The executor reads a frame buffer only while the receiver cannot write
+        # it (it is full); likewise a header. The sender reads a replay slot that the executor
+        # is not writing (it waits while the sender has the slot it is to write), and the meta
+        # of a response only once the executor has written it and while it writes none.
         buf_bits = ceil_log2(self.max_payload)
         m.submodules.frame_buffers = frame_buffers = Memory(
-            shape=8, depth=2 << buf_bits, init=[])
+            shape=8, depth=2 << buf_bits, init=[], attrs=NO_RW_CHECK)
         frame_wr = frame_buffers.write_port()
-        frame_rd = frame_buffers.read_port()
+        frame_rd = read_port(m, frame_buffers, "frame_rd")
 
         # Each frame buffer's header is kept in a small memory of its own, in words of 4 bytes
         # in wire order (_HEADER_WORDS of them), which the executor reads a word per cycle into
         # one register; only what the end of the frame decides is kept for each buffer.
-        m.submodules.headers = headers = Memory(shape=32, depth=8, init=[])
+        m.submodules.headers = headers = Memory(shape=32, depth=8, init=[], attrs=NO_RW_CHECK)
         hdr_wr = headers.write_port(granularity=8)
-        hdr_rd = headers.read_port()
+        hdr_rd = read_port(m, headers, "hdr_rd")
         d_bad = [Signal(name=f"bad{b}") for b in range(2)]
         d_too_long = [Signal(name=f"too_long{b}") for b in range(2)]
         full = [Signal(name=f"full{b}") for b in range(2)]
@@ -449,9 +455,9 @@ class LinkBridge(wiring.Component):
         win_bits = exact_log2(self.window)
         slot_bits = ceil_log2(self.max_response)
         m.submodules.replay_slots = replay_slots = Memory(
-            shape=8, depth=self.window << slot_bits, init=[])
+            shape=8, depth=self.window << slot_bits, init=[], attrs=NO_RW_CHECK)
         slot_wr = replay_slots.write_port()
-        slot_rd = replay_slots.read_port()
+        slot_rd = read_port(m, replay_slots, "slot_rd")
         # The longest response payload: a replay slot, the manifest, the counters.
         resp_max = max(self.max_response, _SEQ_BYTES + len(self.manifest), self.counters_size)
         # What the header of a response says but its sequence number: for each replay slot,
@@ -463,9 +469,9 @@ class LinkBridge(wiring.Component):
             "more": 1,  # FLAG_MORE in the response
         })
         m.submodules.replay_meta = replay_meta = Memory(
-            shape=meta_layout, depth=self.window + 1, init=[])
+            shape=meta_layout, depth=self.window + 1, init=[], attrs=NO_RW_CHECK)
         meta_wr = replay_meta.write_port()
-        meta_rd = replay_meta.read_port()
+        meta_rd = read_port(m, replay_meta, "meta_rd")
 
         expected = Signal(SEQ_BITS)  # sequence number of the next frame to execute
         executed = Signal(range(self.window + 1))  # frames executed, up to the window

@@ -14,6 +14,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .ram import NO_RW_CHECK, read_port
+
 __all__ = ["CobsDecoder", "CobsEncoder", "decoded_layout", "frame_layout"]
 
 #: Payload of the decoder's output. A beat either carries a decoded byte in ``data`` or, with
@@ -126,9 +128,11 @@ class CobsEncoder(wiring.Component):
         m = Module()
 
         # Two blocks of 256 bytes, so a buffer index is the top address bit.
-        m.submodules.blocks = blocks = Memory(shape=8, depth=512, init=[])
+        # Read through ram.read_port: the block being sent is never the one being gathered
+        # once the sender reads it (it waits for the block to be full).
+        m.submodules.blocks = blocks = Memory(shape=8, depth=512, init=[], attrs=NO_RW_CHECK)
         wr = blocks.write_port()
-        rd = blocks.read_port()
+        rd = read_port(m, blocks, "rd")
 
         # Each buffer holds a block waiting to be sent, with its code byte and what follows it:
         # nothing (more blocks of the frame), a delimiter, or an empty block and a delimiter.
