@@ -8,15 +8,23 @@ one counter per cycle, and a read is the same step aimed at the counter asked fo
 
 A step at counter ``a`` in cycle t reads ``total[a]`` from the RAM and, in the same cycle, takes
 ``pending[a]`` plus ``a``'s increment of cycle t and zeroes ``pending[a]``; in cycle t + 1 it
-writes the total plus what it took back to ``total[a]``. A step in cycle t + 1 at the address
-being written reads the written value (the read port is transparent for the write port), so
-steps may follow each other at any addresses.
+writes the total plus what it took back to ``total[a]``.
+
+A step in cycle t + 1 at the same counter would read ``total[a]`` in the cycle it is written.
+With two counters or more, no RAM read ever does: the write of the first step is left out, and
+the second adds what the first took to what it takes itself (it reads the total the first
+read). A read never follows a read and the sweeper never steps one counter twice in a row, so
+at most three steps in a row (a read, the sweeper, a read) are at one counter, and the block
+RAM's read port needs no logic for collisions (see :mod:`hdl.link.ram`). With one counter, every
+step is at it: its read port is transparent for the write port instead.
 """
 
 from amaranth.hdl import Array, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+
+from .ram import NO_RW_CHECK, read_port
 
 __all__ = ["CounterBank"]
 
@@ -90,9 +98,15 @@ class CounterBank(wiring.Component):
         n = self.count
         pending = self.pending
 
-        m.submodules.totals = totals = Memory(shape=32, depth=n, init=[])
-        wr = totals.write_port()
-        rd = totals.read_port(transparent_for=(wr,))
+        if n == 1:
+            m.submodules.totals = totals = Memory(shape=32, depth=n, init=[])
+            wr = totals.write_port()
+            rd = totals.read_port(transparent_for=(wr,))
+        else:
+            m.submodules.totals = totals = Memory(shape=32, depth=n, init=[],
+                                                  attrs=NO_RW_CHECK)
+            wr = totals.write_port()
+            rd = read_port(m, totals, "rd")
 
         # First cycle of a step: read the total, take and zero the pending count.
         ptr = Signal(range(n))  # the sweeper's next counter
@@ -119,13 +133,17 @@ class CounterBank(wiring.Component):
         # Second cycle: write the total back, and give it to the reader if a read asked.
         w_valid = Signal()  # low in the first cycle after reset: no step before it
         w_addr = Signal(range(n))
-        w_took = Signal(self.pending_bits)
+        w_took = Signal(self.pending_bits + 2)  # what it took, and the steps before it left
         w_read = Signal()
-        m.d.sync += [w_valid.eq(1), w_addr.eq(addr), w_took.eq(took), w_read.eq(take)]
+        m.d.sync += [w_valid.eq(1), w_addr.eq(addr), w_read.eq(take)]
+        chain = Signal()  # the step now is at the counter written back now: the write is left
+        if n > 1:
+            m.d.comb += chain.eq(w_valid & (w_addr == addr))
+        m.d.sync += w_took.eq(took + Mux(chain, w_took, 0))
         total = Signal(32)
         m.d.comb += [
             total.eq(rd.data + w_took),
-            wr.en.eq(w_valid),
+            wr.en.eq(w_valid & ~chain),
             wr.addr.eq(w_addr),
             wr.data.eq(total),
         ]
