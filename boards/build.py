@@ -38,6 +38,7 @@ from amaranth.build import Clock, Platform
 from amaranth.hdl import Elaboratable
 
 from hdl.errors import OffloadError
+from hdl.link.ram import YOSYS_SCRIPT as RAM_YOSYS_SCRIPT
 from sim.toolchain import cache_dir, yowasp_env
 
 from .registry import Board, BoardError, EthBoard, get_board
@@ -355,7 +356,8 @@ def module_resources(report: BuildReport) -> dict[str, dict[str, int]]:
         raise BuildError(f"{rtlil} is missing: rebuild {report.design!r} to see its modules")
     board = get_board(report.board)
     env = yowasp_env(board.family)
-    script = (f"read_rtlil {rtlil.name}; synth_{board.family} -noflatten -top {report.design}; "
+    script = (f"read_rtlil {rtlil.name}; {RAM_YOSYS_SCRIPT}; "
+              f"synth_{board.family} -noflatten -top {report.design}; "
               "tee -q -o modules.stat.json stat -json")
     with tempfile.TemporaryDirectory(prefix="offload-modules-") as tmp:
         shutil.copy(rtlil, tmp)
@@ -489,7 +491,8 @@ def build(
     top = design if isinstance(design, Elaboratable) else design()
     pnr_opts = [*NEXTPNR_OPTS, *nextpnr_opts]
     plan = platform.prepare(
-        top, name, nextpnr_opts=" ".join(pnr_opts), synth_opts=" ".join(synth_opts)
+        top, name, nextpnr_opts=" ".join(pnr_opts), synth_opts=" ".join(synth_opts),
+        script_after_read=RAM_YOSYS_SCRIPT,
     )
     tools = _tool_versions(board.family)
     hasher = hashlib.blake2b(digest_size=32)

@@ -376,9 +376,13 @@ class LinkBridge(wiring.Component):
         # Each frame buffer's header is kept in a small memory of its own, in words of 4 bytes
         # in wire order (_HEADER_WORDS of them), which the executor reads a word per cycle into
         # one register; only what the end of the frame decides is kept for each buffer.
-        m.submodules.headers = headers = Memory(shape=32, depth=8, init=[], attrs=NO_RW_CHECK)
-        hdr_wr = headers.write_port(granularity=8)
-        hdr_rd = read_port(m, headers, "hdr_rd")
+        # Two memories of 16-bit words, the low and the high half of each, each one block RAM.
+        hdr_wr, hdr_rd = [], []
+        for half in ("lo", "hi"):
+            m.submodules[f"headers_{half}"] = headers = Memory(
+                shape=16, depth=8, init=[], attrs=NO_RW_CHECK)
+            hdr_wr.append(headers.write_port(granularity=8))
+            hdr_rd.append(read_port(m, headers, f"hdr_rd_{half}"))
         d_bad = [Signal(name=f"bad{b}") for b in range(2)]
         d_too_long = [Signal(name=f"too_long{b}") for b in range(2)]
         full = [Signal(name=f"full{b}") for b in range(2)]
@@ -424,7 +428,7 @@ class LinkBridge(wiring.Component):
                 # The header goes into the header memory of the buffer being filled: the
                 # executor has read it already, and a good frame writes it all.
                 with m.If(r_idx < 4 * _HEADER_WORDS):  # a byte or two of payload does no harm
-                    m.d.comb += hdr_wr.en.eq(1 << r_idx[:2])
+                    m.d.comb += Cat(hdr_wr[0].en, hdr_wr[1].en).eq(1 << r_idx[:2])
                 with m.Switch(r_idx):
                     with m.Case(0):
                         m.d.sync += h_version_ok.eq(byte == LINK_VERSION)
@@ -444,8 +448,10 @@ class LinkBridge(wiring.Component):
         m.d.comb += [
             frame_wr.addr.eq(Cat(r_idx[:buf_bits], wbuf)),
             frame_wr.data.eq(beat.payload.data),
-            hdr_wr.addr.eq(Cat(r_idx[2:4], wbuf)),
-            hdr_wr.data.eq(beat.payload.data.replicate(4)),
+            hdr_wr[0].addr.eq(Cat(r_idx[2:4], wbuf)),
+            hdr_wr[0].data.eq(beat.payload.data.replicate(2)),
+            hdr_wr[1].addr.eq(Cat(r_idx[2:4], wbuf)),
+            hdr_wr[1].data.eq(beat.payload.data.replicate(2)),
         ]
         with m.If(flush):
             m.d.sync += [r_idx.eq(0), r_crc.eq(INIT)]
@@ -655,7 +661,8 @@ class LinkBridge(wiring.Component):
         placed = (Cat(acc, Const(0, 8)) | (byte << Cat(Const(0, 3), acc_n)))[:len(f_data)]
         feed_done = ~has_byte & (x_more | last_sent) & ~f_valid
         m.d.comb += frame_rd.addr.eq(Cat(Mux(take, fp + 1, fp)[:buf_bits], x_buf))
-        m.d.comb += hdr_rd.addr.eq(Mux(exec_idle, Cat(Const(0, 2), rbuf), Cat((hp + 1)[:2], x_buf)))
+        hdr_addr = Mux(exec_idle, Cat(Const(0, 2), rbuf), Cat((hp + 1)[:2], x_buf))
+        m.d.comb += [hdr_rd[0].addr.eq(hdr_addr), hdr_rd[1].addr.eq(hdr_addr)]
 
         # Collect. A beat is taken only when all of its bytes fit in the slot. As max_response
         # is a multiple of the width and every beat but a response's last is full, that is when
@@ -702,7 +709,7 @@ class LinkBridge(wiring.Component):
             with m.State("LOAD"):
                 # Word hp, asked for in the cycle before, is here; the next one is asked for.
                 m.d.sync += hp.eq(hp + 1)
-                word = hdr_rd.data
+                word = Cat(hdr_rd[0].data, hdr_rd[1].data)
                 with m.Switch(hp):
                     with m.Case(0):
                         m.d.sync += [x.kernel.eq(word[8:16]), x.opcode.eq(word[16:24]),

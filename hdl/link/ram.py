@@ -9,14 +9,23 @@ through :func:`read_port`: an asynchronous read port and a register behind it, w
 merges into the block RAM's own read port, told by the memory's ``no_rw_check`` attribute that
 a collision's outcome does not matter. Simulated, the port is what a synchronous,
 non-transparent one is.
+
+The register has no value at power-on in hardware, as a block RAM's output has none: Amaranth
+gives every signal one, so the register is marked (``NO_INIT_ATTR``) and the build removes it
+with :data:`YOSYS_SCRIPT` before synthesis (else Yosys adds a gate to every bit of the port to
+make it 0 until the first read). Nothing reads the port before its first read.
 """
 
 from amaranth.hdl import Signal
 
-__all__ = ["NO_RW_CHECK", "read_port"]
+__all__ = ["NO_INIT_ATTR", "NO_RW_CHECK", "YOSYS_SCRIPT", "read_port"]
 
 #: The attribute a memory read through :func:`read_port` is made with.
 NO_RW_CHECK = {"no_rw_check": 1}
+#: The attribute of the registers of :func:`read_port`, whose power-on value the build drops.
+NO_INIT_ATTR = "offload_no_init"
+#: Yosys commands, after the design is read, that drop the power-on value of those registers.
+YOSYS_SCRIPT = f"setattr -unset init a:{NO_INIT_ATTR}"
 
 
 class _ReadPort:
@@ -25,7 +34,8 @@ class _ReadPort:
         self.addr = port.addr
         self.en = Signal(init=1, name=f"{name}_en")
         # No reset: a reset would be a reset of the block RAM's port, which it does not have.
-        self.data = Signal(memory.shape, reset_less=True, name=f"{name}_data")
+        self.data = Signal(memory.shape, reset_less=True, name=f"{name}_data",
+                           attrs={NO_INIT_ATTR: 1})
         with m.If(self.en):
             m.d.sync += self.data.eq(port.data)
 
