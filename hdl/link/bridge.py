@@ -4,8 +4,8 @@ The bridge is three stages that run concurrently, joined by registers, so that a
 arrive every cycle while the previous request executes and the one before it is answered:
 
 receive
-    COBS-decodes the link bytes, checks each frame's CRC-32C on the fly, captures the header
-    into registers and writes the payload into one of two frame buffers. A good frame is handed
+    COBS-decodes the link bytes, checks each frame's CRC-32C on the fly, writes the header into
+    a header memory and the payload into one of two frame buffers. A good frame is handed
     to the executor; a bad or short one is dropped (and counted) without touching the other
     buffer. Input stalls only while both buffers hold frames the executor has not yet read.
 execute
@@ -14,8 +14,11 @@ execute
     frames out of sequence, resets a kernel (OP_RESET), and runs a kernel call by feeding the
     frame's payload to the kernel while collecting its response into the replay slot of the
     frame's sequence number. It frees the frame buffer as soon as the payload has been read.
-    It decides on a frame a cycle after taking it, from comparisons (of the sequence number,
-    the kernel, the opcode) registered in between.
+    It reads a frame's header into its one header register a word per cycle, and decides on
+    the frame a cycle after, from comparisons (of the sequence number, the kernel, the opcode)
+    registered in between. It hands a response to the sender only while the sender is idle,
+    into the sender's own registers and the meta memory (one copy), and changes the expected
+    sequence number only then, so the sender reads it live.
 send
     builds each response frame (header, payload from a replay slot, the manifest ROM, the
     counters or a register, CRC-32C) one byte per cycle and COBS-encodes it. The counters
