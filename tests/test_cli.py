@@ -204,7 +204,7 @@ def test_the_crc32c_device_meets_the_plls_clock_at_3_mbaud():
     if missing:
         pytest.skip(f"needs the PyPI packages {', '.join(missing)}")
     from boards.build import module_resources
-    from offload.build import build_device, module_rows
+    from offload.build import build_device, build_kernel, module_rows
 
     result = run("build", "--board", "icebreaker", "--kernel", "crc32c")
     assert result.exit_code == 0, result.output
@@ -221,6 +221,12 @@ def test_the_crc32c_device_meets_the_plls_clock_at_3_mbaud():
     assert rows["    bridge.counters"]["block RAM"] == 2  # the counters' totals
     flat = "".join(ch for ch in result.output if not ch.isspace() and ch not in "│┃")
     assert f"link(allbutthekernels){link['LUT4']:,}" in flat
+    # The link's logic cells: the device's less the kernel's built alone. Issue 11 asks for
+    # 1,500 at most; this holds what has been reached (1,849 with 511 for the kernel) from
+    # growing back.
+    alone = build_kernel("icebreaker", "crc32c")
+    link_cells = device.resources["ICESTORM_LC"][0] - alone.resources["ICESTORM_LC"][0]
+    assert link_cells <= 1900, f"the link takes {link_cells} logic cells"
 
 
 def test_build_falls_back_to_the_oscillator_when_the_device_misses_the_pll_clock(
@@ -246,7 +252,8 @@ def test_build_falls_back_to_the_oscillator_when_the_device_misses_the_pll_clock
             board_clock_mhz=design.clock_hz / 1e6, target_mhz=design.clock_hz / 1e6,
             meets_board_clock=fmax >= design.clock_hz / 1e6,
             meets_target=fmax >= design.clock_hz / 1e6,
-            resources={"ICESTORM_LC": (100, 5280)}, bitstream=bitstream, logs={})
+            resources={"ICESTORM_LC": (100, 5280)}, bitstream=bitstream, logs={},
+            clock_goals={}, clocks={})
 
     monkeypatch.setattr(offload.build, "build_device", fake_build_device)
     result = run("build", "--board", "icebreaker", "--kernel", "crc32c", "--no-modules")
