@@ -158,6 +158,20 @@ _HEADER_WORDS = 3
 assert 4 * (_HEADER_WORDS - 1) < HEADER_SIZE <= 4 * _HEADER_WORDS
 
 
+def _at_least(value, k: int):
+    """``value >= k`` for a constant ``k``, as gates: Yosys maps a comparison to a carry chain,
+    a logic cell a bit, where a comparison with a constant needs a few LUTs."""
+    value = value.as_unsigned()
+    if k <= 0:
+        return Const(1)
+    if k >= 1 << len(value):
+        return Const(0)
+    at_least = Const(1)  # the bits below are equal to k's
+    for i in range(len(value)):
+        at_least = (value[i] & at_least) if (k >> i) & 1 else (value[i] | at_least)
+    return at_least
+
+
 class _Source(enum.Enum, shape=3):
     """Where the payload of a response frame comes from."""
     EMPTY = 0
@@ -405,7 +419,7 @@ class LinkBridge(wiring.Component):
         m.d.comb += beat.ready.eq(rx_ready)
         with m.If(beat.valid & rx_ready):
             with m.If(beat.payload.end):
-                good = (~beat.payload.bad & (r_idx >= HEADER_SIZE + CRC_SIZE)
+                good = (~beat.payload.bad & _at_least(r_idx, HEADER_SIZE + CRC_SIZE)
                         & (r_crc == CRC_RESIDUE))
                 with m.If(good):
                     m.d.comb += rx_good.eq(1)
@@ -416,7 +430,7 @@ class LinkBridge(wiring.Component):
                                     ~h_version_ok
                                     | (r_idx != h_length + HEADER_SIZE + CRC_SIZE)
                                     | (h_cont & (h_length != 0))),
-                                d_too_long[b].eq(h_length > self.max_payload),
+                                d_too_long[b].eq(_at_least(h_length, self.max_payload + 1)),
                             ]
                     m.d.sync += wbuf.eq(~wbuf)
                 with m.Else():
@@ -429,8 +443,9 @@ class LinkBridge(wiring.Component):
                     r_crc.eq(crc_byte_step(m, r_crc, byte, "rx_crc")),
                 ]
                 # The header goes into the header memory of the buffer being filled: the
-                # executor has read it already, and a good frame writes it all.
-                with m.If(r_idx < 4 * _HEADER_WORDS):  # a byte or two of payload does no harm
+                # executor has read it already, and a good frame writes it all (and a byte or
+                # two of payload, which does no harm).
+                with m.If(~_at_least(r_idx, 4 * _HEADER_WORDS)):
                     m.d.comb += Cat(hdr_wr[0].en, hdr_wr[1].en).eq(1 << r_idx[:2])
                 with m.Switch(r_idx):
                     with m.Case(0):
@@ -446,7 +461,8 @@ class LinkBridge(wiring.Component):
                 # buffer's size, so that the payload wraps around the end of the buffer; a frame
                 # longer than the buffer only has its CRC checked, to be answered
                 # STATUS_TOO_LONG.
-                with m.If((r_idx >= HEADER_SIZE) & (r_idx < HEADER_SIZE + (1 << buf_bits))):
+                with m.If(_at_least(r_idx, HEADER_SIZE)
+                          & ~_at_least(r_idx, HEADER_SIZE + (1 << buf_bits))):
                     m.d.comb += frame_wr.en.eq(1)
         m.d.comb += [
             frame_wr.addr.eq(Cat(r_idx[:buf_bits], wbuf)),
@@ -732,7 +748,7 @@ class LinkBridge(wiring.Component):
                                 x_known.eq(1),
                                 x_kidx.eq(k),
                                 x_width_m1.eq(component.width - 1),
-                                x_op_ok.eq((x.opcode < len(component.operations))
+                                x_op_ok.eq(~_at_least(x.opcode, len(component.operations))
                                            | (x.opcode == OP_RESET)),
                             ]
                 m.next = "DECIDE"
