@@ -356,14 +356,24 @@ def module_resources(report: BuildReport) -> dict[str, dict[str, int]]:
         raise BuildError(f"{rtlil} is missing: rebuild {report.design!r} to see its modules")
     board = get_board(report.board)
     env = yowasp_env(board.family)
-    script = (f"read_rtlil {rtlil.name}; {RAM_YOSYS_SCRIPT}; "
-              f"synth_{board.family} -noflatten -top {report.design}; "
-              "tee -q -o modules.stat.json stat -json")
+    synth = f"synth_{board.family} -noflatten -top {report.design}"
+    scripts = [f"{RAM_YOSYS_SCRIPT}; {synth}"]
+    if board.family == "ecp5":
+        # ABC9 (synth_ecp5's LUT mapping) fails without a message on some hierarchies (the
+        # Ethernet device's); then the LUTs are mapped by ABC, a few more of them.
+        scripts.append(f"{RAM_YOSYS_SCRIPT}; {synth} -run :map_luts; "
+                       f"techmap -map +/lattice/latches_map.v; abc -lut 4; clean; "
+                       f"{synth} -run map_cells:")
     with tempfile.TemporaryDirectory(prefix="offload-modules-") as tmp:
         shutil.copy(rtlil, tmp)
-        result = subprocess.run([env["YOSYS"], "-q", "-p", script], cwd=tmp, env=env,
-                                capture_output=True, text=True)
         stat_file = Path(tmp) / "modules.stat.json"
+        for script in scripts:
+            result = subprocess.run(
+                [env["YOSYS"], "-q", "-p", f"read_rtlil {rtlil.name}; {script}; "
+                 "tee -q -o modules.stat.json stat -json"],
+                cwd=tmp, env=env, capture_output=True, text=True)
+            if result.returncode == 0 and stat_file.is_file():
+                break
         if result.returncode != 0 or not stat_file.is_file():
             raise BuildError(f"Yosys failed (exit status {result.returncode}) counting the "
                              f"modules of {report.design!r}:\n"

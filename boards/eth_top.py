@@ -58,7 +58,6 @@ from amaranth.hdl import (
     Const,
     DomainRenamer,
     Elaboratable,
-    Instance,
     Module,
     ResetSignal,
     Signal,
@@ -74,7 +73,7 @@ from hdl.eth.udp import UdpEndpoint
 from hdl.link import protocol as p
 from hdl.link.bridge import LinkBridge
 
-from .pll import PllError, PllSettings, pll_settings
+from .pll import PllError, PllSettings, ehxplll, pll_settings
 
 __all__ = ["ETH_HZ", "EthLinkTop", "MODES", "eth_pll_settings"]
 
@@ -350,41 +349,16 @@ class EthLinkTop(wiring.Component):
             raise PllError(f"EthLinkTop makes its clocks with an ECP5 PLL, not an {family} one")
         fin = int(platform.default_clk_frequency)
         settings, core_div = eth_pll_settings(fin, self.core_hz)
-        params = dict(settings.params)
         pin = platform.request(platform.default_clk, dir="-")
         m.submodules.clk_buf = clk_buf = io.Buffer("i", pin)
-        feedback, locked = Signal(name="pll_feedback"), Signal(name="pll_locked")
+        locked = Signal(name="pll_locked")
         # ``keep``: Yosys names each clock's net after these, which the constraints name.
         eth_clk = Signal(name="pll_eth_tx_clk", attrs={"keep": 1})
         core_clk = Signal(name="pll_core_clk", attrs={"keep": 1})
-        m.submodules.pll = _ehxplll(fin, params, core_div, clk_buf.i, feedback, eth_clk,
-                                    core_clk, locked, self.core_hz)
+        m.submodules.pll = ehxplll(settings, fin, clk_buf.i, locked, (eth_clk, ETH_HZ),
+                                   (core_clk, self.core_hz, core_div))
         m.d.comb += [ClockSignal("eth_tx").eq(eth_clk), ClockSignal("sync").eq(core_clk)]
         # nextpnr also derives both from the oscillator's constraint through the PLL's dividers.
         platform.add_clock_constraint(eth_clk, ETH_HZ)
         platform.add_clock_constraint(core_clk, self.core_hz)
         return locked
-
-
-def _ehxplll(fin, params, core_div, clki, feedback, clkos, clkos2, locked, core_hz):
-    return Instance(
-        "EHXPLLL",
-        a_FREQUENCY_PIN_CLKI=f"{fin / 1e6:g}",
-        a_FREQUENCY_PIN_CLKOS=f"{ETH_HZ / 1e6:g}",
-        a_FREQUENCY_PIN_CLKOS2=f"{core_hz / 1e6:g}",
-        p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
-        p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
-        p_OUTDIVIDER_MUXB="DIVB", p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
-        p_FEEDBK_PATH="CLKOP",
-        p_CLKI_DIV=params["CLKI_DIV"], p_CLKFB_DIV=params["CLKFB_DIV"],
-        p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=params["CLKOP_DIV"],
-        p_CLKOP_CPHASE=params["CLKOP_DIV"] - 1, p_CLKOP_FPHASE=0,
-        p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=params["CLKOS_DIV"],
-        p_CLKOS_CPHASE=params["CLKOS_DIV"] - 1, p_CLKOS_FPHASE=0,
-        p_CLKOS2_ENABLE="ENABLED", p_CLKOS2_DIV=core_div,
-        p_CLKOS2_CPHASE=core_div - 1, p_CLKOS2_FPHASE=0,
-        i_CLKI=clki, i_CLKFB=feedback, o_CLKOP=feedback, o_CLKOS=clkos, o_CLKOS2=clkos2,
-        i_RST=Const(0), i_STDBY=Const(0), i_PHASESEL0=Const(0), i_PHASESEL1=Const(0),
-        i_PHASEDIR=Const(1), i_PHASESTEP=Const(1), i_PHASELOADREG=Const(1),
-        i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0), o_LOCK=locked,
-    )

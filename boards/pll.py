@@ -22,7 +22,7 @@ from amaranth.hdl import ClockSignal, Const, Elaboratable, Instance, Module, Res
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
-__all__ = ["POR_SECONDS", "PllClock", "PllError", "PllSettings", "pll_settings"]
+__all__ = ["POR_SECONDS", "PllClock", "PllError", "PllSettings", "ehxplll", "pll_settings"]
 
 #: Time the device is held in reset after the PLL locks: 5x the ~3 us an iCE40's block RAMs
 #: read as zero after configuration.
@@ -113,6 +113,41 @@ def pll_settings(family: str, fin: int, fout: int) -> PllSettings:
     return found
 
 
+def ehxplll(settings: PllSettings, fin: int, clki, locked, clkos: tuple,
+            clkos2: tuple | None = None) -> Instance:
+    """The ECP5's EHXPLLL with ``settings`` (from :func:`pll_settings`): ``clki`` at ``fin``
+    Hz in, its lock on ``locked``, ``settings.out_hz`` on CLKOS and optionally a second clock
+    of the same VCO on CLKOS2. ``clkos`` is ``(signal, hz)``; ``clkos2`` is ``(signal, hz,
+    divider)``. CLKOP is the feedback."""
+    p = dict(settings.params)
+    feedback = Signal()
+    extra = {}
+    if clkos2 is not None:
+        clk2, hz2, div2 = clkos2
+        extra = dict(a_FREQUENCY_PIN_CLKOS2=f"{hz2 / 1e6:g}", p_CLKOS2_ENABLE="ENABLED",
+                     p_CLKOS2_DIV=div2, p_CLKOS2_CPHASE=div2 - 1, p_CLKOS2_FPHASE=0,
+                     o_CLKOS2=clk2)
+    return Instance(
+        "EHXPLLL",
+        a_FREQUENCY_PIN_CLKI=f"{fin / 1e6:g}",
+        a_FREQUENCY_PIN_CLKOS=f"{clkos[1] / 1e6:g}",
+        p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+        p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
+        p_OUTDIVIDER_MUXB="DIVB", p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+        p_FEEDBK_PATH="CLKOP",
+        p_CLKI_DIV=p["CLKI_DIV"], p_CLKFB_DIV=p["CLKFB_DIV"],
+        p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=p["CLKOP_DIV"],
+        p_CLKOP_CPHASE=p["CLKOP_DIV"] - 1, p_CLKOP_FPHASE=0,
+        p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=p["CLKOS_DIV"],
+        p_CLKOS_CPHASE=p["CLKOS_DIV"] - 1, p_CLKOS_FPHASE=0,
+        **extra,
+        i_CLKI=clki, i_CLKFB=feedback, o_CLKOP=feedback, o_CLKOS=clkos[0],
+        i_RST=Const(0), i_STDBY=Const(0), i_PHASESEL0=Const(0), i_PHASESEL1=Const(0),
+        i_PHASEDIR=Const(1), i_PHASESTEP=Const(1), i_PHASELOADREG=Const(1),
+        i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0), o_LOCK=locked,
+    )
+
+
 class PllClock(Elaboratable):
     """Drives the ``sync`` domain at ``hz``, from the platform's default clock through its PLL.
 
@@ -152,25 +187,7 @@ class PllClock(Elaboratable):
             )
         else:
             m.submodules.clk_buf = clk_buf = io.Buffer("i", pin)
-            feedback = Signal()
-            m.submodules.pll = Instance(
-                "EHXPLLL",
-                a_FREQUENCY_PIN_CLKI=f"{fin / 1e6:g}",
-                a_FREQUENCY_PIN_CLKOS=f"{self.hz / 1e6:g}",
-                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
-                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
-                p_OUTDIVIDER_MUXB="DIVB", p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
-                p_FEEDBK_PATH="CLKOP",
-                p_CLKI_DIV=p["CLKI_DIV"], p_CLKFB_DIV=p["CLKFB_DIV"],
-                p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=p["CLKOP_DIV"],
-                p_CLKOP_CPHASE=p["CLKOP_DIV"] - 1, p_CLKOP_FPHASE=0,
-                p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=p["CLKOS_DIV"],
-                p_CLKOS_CPHASE=p["CLKOS_DIV"] - 1, p_CLKOS_FPHASE=0,
-                i_CLKI=clk_buf.i, i_CLKFB=feedback, o_CLKOP=feedback, o_CLKOS=pll_clk,
-                i_RST=Const(0), i_STDBY=Const(0), i_PHASESEL0=Const(0), i_PHASESEL1=Const(0),
-                i_PHASEDIR=Const(1), i_PHASESTEP=Const(1), i_PHASELOADREG=Const(1),
-                i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0), o_LOCK=locked,
-            )
+            m.submodules.pll = ehxplll(settings, fin, clk_buf.i, locked, (pll_clk, self.hz))
         m.d.comb += [ClockSignal("sync").eq(pll_clk), ClockSignal("por").eq(pll_clk)]
         platform.add_clock_constraint(pll_clk, self.hz)
         # Reset: from the PLL's lock (synchronised), then POR_SECONDS of counting.

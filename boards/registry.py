@@ -17,6 +17,7 @@ from amaranth.build import Platform
 from amaranth_boards.colorlight_5a75b_r7_0 import Colorlight_5A75B_R70Platform
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
+from amaranth_boards.versa_ecp5 import VersaECP5Platform
 
 from hdl.errors import OffloadError
 
@@ -232,13 +233,22 @@ class EthBoard:
 
 
 #: Boards on Gigabit Ethernet. The Colorlight 5A-75B (an LED-panel receiver card, an
-#: LFE5U-25F with two Broadcom B50612D RGMII PHYs) is the cheapest open ECP5 board with one.
+#: LFE5U-25F with two Broadcom B50612D RGMII PHYs) is the cheapest open ECP5 board with one;
+#: Lattice's Versa ECP5 (LFE5UM-45F, 100 MHz oscillator, a Marvell 88E1512 RGMII PHY) is the
+#: vendor's evaluation board.
 ETH_BOARDS: dict[str, EthBoard] = {
     board.name: board
     for board in (
         EthBoard(
             name="colorlight-5a75b",
             platform=Colorlight_5A75B_R70Platform,
+            rgmii=("eth_rgmii", 0),
+            core_hz=50_000_000,
+            target_mhz=125.0,
+        ),
+        EthBoard(
+            name="versa-ecp5",
+            platform=VersaECP5Platform,
             rgmii=("eth_rgmii", 0),
             core_hz=50_000_000,
             target_mhz=125.0,

@@ -17,10 +17,8 @@ from pathlib import Path
 
 from amaranth.lib import wiring
 
-from .build import SimulationError, build_model
-from .harness import HARNESS_FLAGS, harness_sources, verilator_name
-from .verilog import module_ports, remove_self_loops, to_verilog
-from .virtual_board import VirtualBoard
+from .build import SimulationError
+from .virtual_board import VirtualBoard, build_virtual_board
 
 __all__ = ["UdpVirtualBoard", "build_udp_board"]
 
@@ -37,17 +35,8 @@ PREAMBLE_AND_GAP = 20
 
 def build_udp_board(top: wiring.Component, name: str) -> Path:
     """Build (or take from the cache) the virtual Ethernet board's executable of ``top``."""
-    verilog, _ = remove_self_loops(to_verilog(top, name))
-    missing = {"clk", "rst", *_PORTS.values()} - set(module_ports(verilog, name))
-    if missing:
-        raise TypeError(
-            f"{name!r} lacks the port(s) {sorted(missing)}: a virtual Ethernet board needs a "
-            "top with the GMII ports of EthLinkTop's 'gmii' mode")
-    header = "#pragma once\n" + "".join(
-        f"#define {macro} {verilator_name(port)}\n" for macro, port in _PORTS.items())
-    folder = build_model(verilog, name, kind="udp-board", flags=HARNESS_FLAGS,
-                         extra_sources=[*harness_sources(_SOURCE), ("udp_ports.h", header)])
-    return folder / name
+    return build_virtual_board(top, name, ports=_PORTS, harness=_SOURCE, kind="udp-board",
+                               needs="the GMII ports of EthLinkTop's 'gmii' mode")
 
 
 class UdpVirtualBoard(VirtualBoard):

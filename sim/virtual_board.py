@@ -42,20 +42,24 @@ class BoardRun:
         return self.cycles / self.seconds if self.seconds > 0 else 0.0
 
 
-def build_virtual_board(top: wiring.Component, name: str) -> Path:
-    """Build (or take from the cache) the virtual-board executable of ``top``."""
+def build_virtual_board(top: wiring.Component, name: str, *, ports: dict[str, str] = _PORTS,
+                        harness: str = _SOURCE, kind: str = "board",
+                        needs: str = "byte-stream link ports i_bytes and o_bytes") -> Path:
+    """Build (or take from the cache) the virtual-board executable of ``top``: its Verilog
+    with the C++ ``harness`` of ``sim/harness/``, which names the top's ``ports`` by the macros
+    of ``board_ports.h`` (macro to port name). ``needs`` says what a top lacking them lacks."""
     # Without the constant-mask registers' self-loops, which Verilator would copy every cycle.
     verilog, _ = remove_self_loops(to_verilog(top, name))
-    missing = {"clk", "rst", *_PORTS.values()} - set(module_ports(verilog, name))
+    missing = {"clk", "rst", *ports.values()} - set(module_ports(verilog, name))
     if missing:
         raise TypeError(
             f"{name!r} lacks the port(s) {sorted(missing)}: a virtual board needs a top with "
-            "byte-stream link ports i_bytes and o_bytes"
+            f"{needs}"
         )
     header = "#pragma once\n" + "".join(
-        f"#define {macro} {verilator_name(port)}\n" for macro, port in _PORTS.items())
-    folder = build_model(verilog, name, kind="board", flags=HARNESS_FLAGS,
-                         extra_sources=[*harness_sources(_SOURCE), ("board_ports.h", header)])
+        f"#define {macro} {verilator_name(port)}\n" for macro, port in ports.items())
+    folder = build_model(verilog, name, kind=kind, flags=HARNESS_FLAGS,
+                         extra_sources=[*harness_sources(harness), ("board_ports.h", header)])
     return folder / name
 
 

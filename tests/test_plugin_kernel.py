@@ -115,11 +115,17 @@ import json, sys
 import numpy as np
 import offload
 from offload import KernelError, kernels
+from offload.gateware import device_design
 
 spec = kernels.get("regfile")
 out = {"operations": [op.name for op in spec.operations], "params": spec.resolve()}
+# In a device by default, beside offload's own kernels (the design only: nothing is built).
+out["default"] = [s.name for s, _ in device_design("icebreaker").kernels]
 for where in sys.argv[1:]:
-    with offload.open(where, fallback="never") as dev:
+    # The virtual board has every registered kernel, as the HIL suite's has: one build serves
+    # both (test_hil_suite_runs_it takes it from the build cache).
+    names = [s.name for s in kernels.KERNELS] if where.startswith("sim") else None
+    with offload.open(where, fallback="never", kernels=names) as dev:
         r = out[where] = {}
         r["gateware"] = "regfile" in dev.gateware_kernels
         r["params"] = dev.params("regfile")
@@ -154,6 +160,7 @@ print(json.dumps(out))
 def test_calls_on_cpu_and_virtual_board_agree(plugin_env, needs_verilator):
     out = json.loads(run(plugin_env, sys.executable, "-c", CALLS, "cpu", "sim").stdout)
     assert out["operations"] == ["write", "read"] and out["params"] == {"slots": 256}
+    assert "regfile" in out["default"] and "crc32c" in out["default"]
     cpu, sim = out["cpu"], out["sim"]
     assert not cpu["gateware"] and sim["gateware"]
     assert sim["params"] == {"slots": 256}

@@ -155,12 +155,14 @@ class MacRx(wiring.Component):
         wr_ptr = Signal(abits)
         rd_ptr = Signal(abits)
         space = Signal(range(depth + 1), init=depth)
+        space_nz = Signal(init=1)  # space != 0, registered with it
         space_back = Signal(range(depth + 1))  # bytes given back this cycle
         back_r = Signal(range(depth + 1))  # ... counted in ``space`` a cycle later
         byte_read = Signal()
 
         # The frame being received.
         count = Signal(range(max_frame + 2))  # bytes after the SFD, saturating past max_frame
+        count_ok = Signal()  # count <= max_frame, registered with it
         written = Signal(range(max_frame + 1))  # of which in the buffer
         crc = Signal(32)
         dst = Signal(48)  # the first six bytes, the first in the low bits
@@ -169,12 +171,21 @@ class MacRx(wiring.Component):
         # Checks of the frame that ended, registered in the cycle after its last byte.
         r_long, r_runt, r_bad_fcs, r_other = Signal(), Signal(), Signal(), Signal()
         m.d.comb += [wr.addr.eq(wr_ptr), wr.data.eq(d)]
-        m.d.sync += [back_r.eq(space_back), space.eq(space + back_r + byte_read - wr.en)]
+        # ``wr.en`` comes from registered flags (``count_ok``, ``space_nz``) rather than from
+        # comparisons of ``count`` and ``space``, which before this adder missed 125 MHz.
+        # ``wr.en``, the latest of the terms, only chooses between two results made without it.
+        space_base = Signal.like(space)
+        m.d.comb += space_base.eq(space + back_r + byte_read)
+        m.d.sync += [
+            back_r.eq(space_back),
+            space.eq(Mux(wr.en, space_base - 1, space_base)),
+            space_nz.eq(Mux(wr.en, space_base != 1, space_base != 0)),
+        ]
         with m.If(wr.en):
             m.d.sync += [wr_ptr.eq(wr_ptr + 1), written.eq(written + 1)]
 
         def start():
-            m.d.sync += [count.eq(0), crc.eq(INIT), f_er.eq(0), f_ovf.eq(0)]
+            m.d.sync += [count.eq(0), count_ok.eq(1), crc.eq(INIT), f_er.eq(0), f_ovf.eq(0)]
             m.next = "DATA"
 
         def idle():
@@ -210,9 +221,9 @@ class MacRx(wiring.Component):
             with m.State("DATA"):
                 with m.If(dv):
                     m.d.sync += crc.eq(crc_byte_step(crc, d))
-                    with m.If(count <= max_frame):
-                        m.d.sync += count.eq(count + 1)
-                        with m.If(space != 0):
+                    with m.If(count_ok):
+                        m.d.sync += [count.eq(count + 1), count_ok.eq(count != max_frame)]
+                        with m.If(space_nz):
                             m.d.comb += wr.en.eq(1)
                         with m.Else():
                             m.d.sync += f_ovf.eq(1)
@@ -262,9 +273,10 @@ class MacRx(wiring.Component):
         advance = ~o.valid | o.ready
         sending = Signal()
         remain = Signal(range(max_frame + 1))
+        rd_ptr1 = Signal(abits, init=1)  # rd_ptr + 1, a register: no adder before the address
         m.d.comb += [
             byte_read.eq(sending & advance),
-            rd.addr.eq(Mux(byte_read, rd_ptr + 1, rd_ptr)),
+            rd.addr.eq(Mux(byte_read, rd_ptr1, rd_ptr)),
         ]
         with m.If(o.ready):
             m.d.sync += o.valid.eq(0)
@@ -277,7 +289,8 @@ class MacRx(wiring.Component):
                 o.valid.eq(1),
                 o.payload.data.eq(rd.data),
                 o.payload.last.eq(remain == 1),
-                rd_ptr.eq(rd_ptr + 1),
+                rd_ptr.eq(rd_ptr1),
+                rd_ptr1.eq(rd_ptr1 + 1),
                 remain.eq(remain - 1),
             ]
             with m.If(remain == 1):
@@ -393,16 +406,21 @@ class MacTx(wiring.Component):
                     m.d.comb += [lengths.w_en.eq(1), lengths.w_data.eq(count1)]
                     m.d.sync += wr_base.eq(wr_ptr + 1)
 
-        # Sending. The memory's output goes straight into a register, ``q``, so a byte is read
-        # two cycles before it is sent: ``raddr`` runs two ahead of the byte sent.
+        # Sending. The memory's output goes straight into a register, ``q``, and from there into
+        # ``q2``, so a byte is read three cycles before it is sent: ``raddr`` runs three ahead
+        # of the byte sent. (Yosys puts a multiplexer between the block RAM and ``q``, its
+        # emulation of a read colliding with a write, and the RAM's output is slow: ``q``
+        # feeds only ``q2`` so that it can be placed beside the RAM.)
         length = Signal(range(max_len + 1))
-        left = Signal(range(max_len + 1))  # bytes of the frame after the one sent
+        # Bytes of the frame from the one sent on: loaded with the length as it comes out of
+        # the FIFO's LUT RAM (the length less one there, an adder more, missed 125 MHz).
+        left = Signal(range(max_len + 1))
         short = Signal()  # the frame needs padding
         pos = Signal(range(max(max_len, 60) + 1))
         raddr = Signal(abits)
-        q = Signal(8)
+        q, q2 = Signal(8), Signal(8)
         m.d.comb += rd.addr.eq(raddr)
-        m.d.sync += q.eq(rd.data)
+        m.d.sync += [q.eq(rd.data), q2.eq(q)]
         # The CRC takes in the byte sent in the cycle before (from the txd register).
         crc = Signal(32)
         crc_en = Signal()  # txd holds a byte the FCS covers
@@ -422,24 +440,25 @@ class MacTx(wiring.Component):
                 idle()
                 with m.If(lengths.r_rdy):
                     m.d.comb += lengths.r_en.eq(1)
-                    m.d.sync += [length.eq(lengths.r_data), left.eq(lengths.r_data - 1),
+                    m.d.sync += [length.eq(lengths.r_data), left.eq(lengths.r_data),
                                  pos.eq(0), raddr.eq(rd_ptr),
                                  self.frames_sent.eq(self.frames_sent + 1)]
                     m.next = "PREAMBLE"
             with m.State("PREAMBLE"):
                 emit(PREAMBLE, 0)
                 m.d.sync += [pos.eq(pos + 1), short.eq(length < 60)]
-                with m.If(pos == 6):
+                with m.If(pos >= 5):
                     m.d.sync += raddr.eq(raddr + 1)
+                with m.If(pos == 6):
                     m.next = "SFD"
             with m.State("SFD"):
                 emit(SFD, 0)
                 m.d.sync += [pos.eq(0), crc.eq(INIT), raddr.eq(raddr + 1)]
                 m.next = "DATA"
             with m.State("DATA"):
-                emit(q, 1)
+                emit(q2, 1)
                 m.d.sync += [pos.eq(pos + 1), raddr.eq(raddr + 1), left.eq(left - 1)]
-                with m.If(left == 0):
+                with m.If(left == 1):
                     m.d.sync += rd_ptr.eq(rd_ptr + length)
                     m.d.comb += freed.eq(length)
                     with m.If(short):

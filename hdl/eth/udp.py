@@ -190,6 +190,11 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
         total_len = be(16, 2)
         flags_offset = be(20, 2)
         udp_len = be(38, 2)
+        # The UDP length the IP total length implies, from registers long written when it is
+        # compared (an adder and a comparison in one cycle missed 125 MHz); 17 bits, so that a
+        # total length under 20 matches no UDP length.
+        ip_udp_len = Signal(17)
+        m.d.sync += ip_udp_len.eq(total_len - 20)
 
         with m.FSM(name="rx"):
             with m.State("HEADER"):
@@ -220,7 +225,7 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
                             pre.fragment.eq(flags_offset[13] | (flags_offset[:13] != 0)),
                             pre.proto_bad.eq(hdr[23] != IP_PROTO_UDP),
                             pre.port_bad.eq(be(36, 2) != self.port),
-                            pre.len_bad.eq((udp_len < 8) | (udp_len + 20 != total_len)),
+                            pre.len_bad.eq((udp_len < 8) | (udp_len != ip_udp_len)),
                             pre.empty.eq(udp_len == 8),
                             remain.eq(udp_len - 8),
                         ]
@@ -255,10 +260,15 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
                     m.d.sync += arp_check.eq(is_arp)
                     m.next = "HEADER"
 
-        # The ARP packet is judged the cycle after its frame ended, when all 42 bytes are in
-        # the registers (a next frame's first byte is written only at the end of that cycle).
+        # The ARP packet is judged two cycles after its frame ended: its comparisons are made in
+        # the cycle after, when all 42 bytes are in the registers (a next frame's first byte is
+        # written only at the end of that cycle), into a register, and then used (96 bits
+        # compared in front of ``arp_pending`` missed 125 MHz). A next frame does not reach the
+        # bytes kept (from the 23rd) in that time.
         arp_fixed = Cat(*reversed(hdr[14:22])) == 0x0001_0800_0604_0001
-        with m.If(arp_check & arp_fixed & (be(38, 4) == self.ip) & ~arp_pending):
+        arp_match, arp_judge = Signal(), Signal()
+        m.d.sync += [arp_match.eq(arp_fixed & (be(38, 4) == self.ip)), arp_judge.eq(arp_check)]
+        with m.If(arp_judge & arp_match & ~arp_pending):
             m.d.sync += [arp_pending.eq(1), arp_sha.eq(be(22, 6)), arp_spa.eq(be(28, 4))]
 
     def _accept(self, m, count, be, peer_mac, peer_ip, peer_port, have_peer):
@@ -318,7 +328,6 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
         overflow = Signal()
         m.d.comb += [
             i.ready.eq(~full),
-            wr.addr.eq(wptr),
             wr.data.eq(i.payload.data),
         ]
         with m.If(i.valid & i.ready):
@@ -350,7 +359,8 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
         csum = Signal(16)
         sending_arp = Signal()
         tx_idx = Signal(range(HEADER_BYTES))
-        ptr = Signal(range(size + 1))  # payload bytes sent
+        pay_left = Signal(range(size + 1))  # payload bytes to send after the next
+        pay_last = Signal()  # the next payload byte sent is the last: pay_left == 0
 
         # The payload is read ahead into a queue of PREFETCH registers, from the start of the
         # frame. The block RAM's output goes into a plain register (its clock-to-output delay
@@ -366,13 +376,27 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
         rd_data = Signal(8, reset_less=True)
         issue = Signal()
         pop = Signal()
+        # One address for both ports: the buffer is written only while it is not ``full`` and
+        # read only while it is, so Yosys maps the two onto one port of the block RAM. Two
+        # ports of one clock would get its emulation of a read colliding with a write, a
+        # multiplexer after the read data that leaves no time at 125 MHz.
+        addr = Signal(range(size + 1))
         m.d.comb += [
-            issue.eq(fetching & (rptr != length) & (q_count + landing + landed < PREFETCH)),
-            rd.addr.eq(rptr),
+            issue.eq(fetching & (q_count + landing + landed < PREFETCH)),
+            addr.eq(Mux(full, rptr, wptr)),
+            rd.addr.eq(addr),
+            wr.addr.eq(addr),
         ]
         m.d.sync += [landing.eq(issue), landed.eq(landing), rd_data.eq(rd.data)]
+        # ``fetch_last`` is a register, like ``pay_last`` below: ``rptr == length - 1`` in
+        # front of ``fetching`` missed 125 MHz.
+        fetch_left = Signal(range(size + 1))  # payload bytes to read after the next
+        fetch_last = Signal()  # the next read is the payload's last byte: fetch_left == 0
         with m.If(issue):
-            m.d.sync += rptr.eq(rptr + 1)
+            m.d.sync += [rptr.eq(rptr + 1), fetch_left.eq(fetch_left - 1),
+                         fetch_last.eq(fetch_left == 1)]
+            with m.If(fetch_last):
+                m.d.sync += fetching.eq(0)  # the payload's last byte is read
         with m.If(landed):
             for k in range(PREFETCH):
                 with m.If(q_wr == k):
@@ -407,7 +431,7 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
 
         with m.FSM(name="tx"):
             with m.State("IDLE"):
-                m.d.sync += [tx_idx.eq(0), ptr.eq(0), rptr.eq(0)]
+                m.d.sync += [tx_idx.eq(0), rptr.eq(0)]
                 with m.If(arp_pending):
                     m.d.sync += sending_arp.eq(1)
                     m.next = "LOAD"
@@ -419,6 +443,10 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
                         dst_port.eq(peer_port),
                         total.eq(length + 28),
                         fetching.eq(1),
+                        fetch_left.eq(length - 1),
+                        fetch_last.eq(length == 1),
+                        pay_left.eq(length - 1),
+                        pay_last.eq(length == 1),
                         udp_total.eq(length + 8),
                     ]
                     m.next = "SUM"
@@ -445,9 +473,11 @@ datagrams_in, datagrams_out, tx_dropped : ``Out(32)``
             with m.State("PAYLOAD"):
                 with m.If(advance & (q_count != 0)):
                     m.d.comb += pop.eq(1)
-                    end = ptr == length - 1
+                    # ``end`` is a register: a count of the bytes sent compared with
+                    # ``length - 1`` was too long in front of the state register's enable.
+                    end = pay_last
                     emit(head, end)
-                    m.d.sync += ptr.eq(ptr + 1)
+                    m.d.sync += [pay_left.eq(pay_left - 1), pay_last.eq(pay_left == 1)]
                     with m.If(end):
                         m.d.sync += [full.eq(0), ident.eq(ident + 1), fetching.eq(0)]
                         count("datagrams_out")

@@ -2,7 +2,7 @@
 //
 // The top (class Vtop) has clk, rst and the GMII side of its MACs: gmii_rx_dv, gmii_rx_er and
 // gmii_rxd (the wire to the gateware, a byte a cycle) and gmii_tx_en and gmii_txd (from it);
-// their C++ names come from udp_ports.h, which sim/udp_board.py writes.
+// their C++ names come from board_ports.h, which sim/udp_board.py writes.
 //
 // It plays the network between the host and the board. Each datagram that arrives on
 // 127.0.0.1:PORT is sent to the gateware as the whole Ethernet frame a host on a LAN would send:
@@ -44,7 +44,7 @@
 
 #include "Vtop.h"
 #include "fast_eval.h"
-#include "udp_ports.h"
+#include "board_ports.h"
 #include "verilated.h"
 
 namespace {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from amaranth.hdl import Elaboratable, Module, Signal
 
 from boards import (
     BOARDS,
+    ETH_BOARDS,
     BoardError,
     BuildError,
     BuildReport,
@@ -438,3 +440,28 @@ def test_build_error_quotes_the_log(tmp_path: Path):
     with pytest.raises(BuildError, match=r"nextpnr-ice40 failed(.|\n)*no-such-option"):
         build("icebreaker", design, name="counter", build_dir=tmp_path,
               nextpnr_opts=["--no-such-option"])
+
+
+@pytest.mark.parametrize("name", sorted(ETH_BOARDS))
+def test_each_ethernet_board_elaborates_its_device(name):
+    """An Ethernet board's device elaborates for its platform: the RGMII pins of its resource,
+    one EHXPLLL making 125 MHz and the core clock exactly from its oscillator, and a manifest
+    with its address (the Colorlight's build is tests/test_cli.py's; a build of the Versa ECP5
+    with an earlier revision of the Ethernet gateware met 171/173/105 MHz for eth_rx, eth_tx
+    and the core, nextpnr seed 1)."""
+    from boards.build import constrained_platform
+    from boards.eth_top import ETH_HZ, eth_pll_settings
+    from offload.gateware import device_design
+
+    board = get_board(name)
+    assert board.link == "udp" and board.family == "ecp5"
+    settings, divider = eth_pll_settings(board.clock_hz, board.core_hz)
+    assert settings.out_hz == ETH_HZ and settings.vco_hz / divider == board.core_hz
+    design = device_design(name, ["crc32c"])
+    assert json.loads(design.manifest())["ip"] == "10.0.0.50"
+    plan = constrained_platform(board, board.clock_mhz).prepare(design.top("board"), "eth")
+    text = "".join(plan.files[f] if isinstance(plan.files[f], str) else ""
+                   for f in plan.files)
+    assert "EHXPLLL" in text
+    for pin in ("rx_clk", "rx_ctl", "rx_dat", "tx_clk", "tx_ctl", "tx_dat"):
+        assert f"eth_rgmii_0__{pin}" in text, pin

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 
-from boards import BOARDS
+from boards import BOARDS, ETH_BOARDS
 from offload.bench import CITED, DERIVED, MEASURED, BenchReport
 from offload.kernels.paxos import ACCEPTOR, P4XOS_MSGS_PER_S
 
@@ -32,5 +32,9 @@ def test_acceptor_bench_rows_are_labelled(paxos_boards):
         # The virtual boards' time, and on top of it the link's for a 2A and a 2B, at least.
         assert real.value > board.value + 2 * 48 * 10 / spec.link_baud * 1e3
         assert "virtual boards' time" in real.note
+    for name in ETH_BOARDS:  # a datagram each way at 1 Gb/s: microseconds on the wire
+        real = rows[f"ReplicatedLog.append on 3 {name} boards"]
+        assert real.source == DERIVED and "1 Gb/s" in real.note
+        assert board.value < real.value < board.value + 0.01
     cited = rows["P4xos acceptor on a Tofino switch ASIC"]
     assert cited.source == CITED and cited.value == P4XOS_MSGS_PER_S and "P4xos" in cited.note

@@ -16,6 +16,8 @@ A few schemas by default (each a Verilator build of a minute or so); more with `
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -53,12 +55,15 @@ def outcome(fn, *args, **kwargs):
         return exc
 
 
-def _check_schema(schema, data, width: int = 1) -> None:
+def _check_schema(schema, data, width: int = 1, board=None) -> None:
+    """``board``: a virtual board already open for ``schema`` (else one is opened here)."""
     msgs = data.draw(st.lists(ps.messages(schema, MAX_BYTES, MAX_REPEAT), min_size=1,
                               max_size=6), label="messages")
     wire = [m.SerializeToString() for m in msgs]
     params = _params(schema, width)
-    with offload.open("cpu", params=params) as cpu, _open(schema, width=width) as dev:
+    with contextlib.ExitStack() as stack:
+        cpu = stack.enter_context(offload.open("cpu", params=params))
+        dev = board if board is not None else stack.enter_context(_open(schema, width=width))
         assert dev.gateware_kernels == {"protobuf"}
         for device in (cpu, dev):
             assert device.protobuf.encode(msgs) == wire
@@ -84,9 +89,11 @@ def test_the_bytes_heavy_schema_on_a_wide_virtual_board():
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.data())
     def run(data):
-        _check_schema(schema, data, width=8)
+        _check_schema(schema, data, width=8, board=board)
 
-    run()
+    # One board for every example: the schema is the same, and the kernel keeps no state.
+    with _open(schema, width=8) as board:
+        run()
 
 
 @pytest.mark.parametrize("width", [1, 8])
@@ -105,8 +112,8 @@ def test_random_schemas_on_virtual_boards(pytestconfig, width):
 def test_a_device_built_for_another_schema_is_a_clear_error():
     from offload.gateware import device_design
 
-    design = device_design("icebreaker", ["protobuf"], params={"protobuf": {
-        "schema": "blob", "max_bytes": MAX_BYTES, "max_repeat": MAX_REPEAT}})
+    # The board of the bytes-heavy test above (Blob at width 8): its build, from the cache.
+    design = device_design("icebreaker", ["protobuf"], params=_params(ps.load("blob"), 8))
     try:
         board = design.virtual_board().start()
     except ToolchainError as exc:
@@ -125,11 +132,17 @@ def test_a_device_built_for_another_schema_is_a_clear_error():
 @pytest.fixture(scope="module", params=[1, 8], ids=["width1", "width8"])
 def small_board(request):
     """A virtual board with the protobuf kernel for the builtin ``small`` schema, 32 / 8, at
-    each width."""
+    each width.
+
+    At width 1 these are the iCEBreaker's defaults, and the board is the HIL suite's (every
+    registered kernel, each at its defaults), so that its build is taken from the cache."""
+    from offload import kernels
+
     params = {"protobuf": {"schema": "small", "max_bytes": 32, "max_repeat": 8,
                            "width": request.param}}
+    names = [spec.name for spec in kernels.KERNELS] if request.param == 1 else ["protobuf"]
     try:
-        dev = offload.open("sim", fallback="never", kernels=["protobuf"], params=params)
+        dev = offload.open("sim:icebreaker", fallback="never", kernels=names, params=params)
     except ToolchainError as exc:
         pytest.skip(f"the virtual board needs Verilator: {exc}")
     with dev, offload.open("cpu", params=params) as cpu:
