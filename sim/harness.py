@@ -356,11 +356,13 @@ def _recipe(
     return recipe, in_width
 
 
-def harness_sources(main: str) -> list[tuple[str, str]]:
-    """``(name, text)`` of the C++ harness ``main`` in ``sim/harness/`` and the headers that
-    every harness shares, for :func:`sim.build.build_model`'s ``extra_sources``."""
+def harness_sources(main: str, *headers: str) -> list[tuple[str, str]]:
+    """``(name, text)`` of the C++ harness ``main`` in ``sim/harness/``, the headers that
+    every harness shares, and ``headers`` of that folder too, for
+    :func:`sim.build.build_model`'s ``extra_sources``."""
     folder = resources.files(__package__).joinpath("harness")
-    return [(name, folder.joinpath(name).read_text()) for name in (main, "fast_eval.h")]
+    return [(name, folder.joinpath(name).read_text())
+            for name in (main, "fast_eval.h", *headers)]
 
 
 def _parse_output(raw: bytes) -> HarnessResult:

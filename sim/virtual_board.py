@@ -59,7 +59,8 @@ def build_virtual_board(top: wiring.Component, name: str, *, ports: dict[str, st
     header = "#pragma once\n" + "".join(
         f"#define {macro} {verilator_name(port)}\n" for macro, port in ports.items())
     folder = build_model(verilog, name, kind=kind, flags=HARNESS_FLAGS,
-                         extra_sources=[*harness_sources(harness), ("board_ports.h", header)])
+                         extra_sources=[*harness_sources(harness, "clocked_board.h"),
+                                        ("board_ports.h", header)])
     return folder / name
 
 

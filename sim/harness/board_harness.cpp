@@ -48,7 +48,7 @@
 
 #include "Vtop.h"
 #include "board_ports.h"
-#include "fast_eval.h"
+#include "clocked_board.h"
 #include "verilated.h"
 
 namespace {
@@ -64,31 +64,6 @@ constexpr auto kRefusedLinger = std::chrono::seconds(2);
 
 volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) { g_stop = 1; }
-
-struct Board {
-    std::unique_ptr<VerilatedContext> ctx;
-    std::unique_ptr<Vtop> top;
-    uint64_t cycles = 0;
-
-    Board() : ctx(new VerilatedContext), top(new Vtop{ctx.get()}) {
-        top->clk = 0;
-        top->rst = 1;
-        top->I_VALID = 0;
-        top->O_READY = 0;
-        top->eval();
-        for (int i = 0; i < kResetCycles; i++) tick();
-        top->rst = 0;
-        top->eval();
-    }
-
-    void tick() {
-        top->clk = 1;
-        fast_eval(top.get());
-        top->clk = 0;
-        fast_eval(top.get());
-        cycles++;
-    }
-};
 
 int listen_on(int port) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -165,7 +140,10 @@ int main(int argc, char** argv) {
     std::signal(SIGINT, on_signal);
     std::signal(SIGPIPE, SIG_IGN);
 
-    Board board;
+    ClockedBoard board(kResetCycles, [](Vtop* top) {
+        top->I_VALID = 0;
+        top->O_READY = 0;
+    });
     int server = listen_on(std::atoi(argv[1]));
     int client = -1;
     std::vector<Refused> refused;

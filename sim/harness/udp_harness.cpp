@@ -43,7 +43,7 @@
 #include <vector>
 
 #include "Vtop.h"
-#include "fast_eval.h"
+#include "clocked_board.h"
 #include "board_ports.h"
 #include "verilated.h"
 
@@ -127,32 +127,6 @@ struct Pcap {
     ~Pcap() { if (file) std::fclose(file); }
 };
 
-struct Board {
-    std::unique_ptr<VerilatedContext> ctx;
-    std::unique_ptr<Vtop> top;
-    uint64_t cycles = 0;
-
-    Board() : ctx(new VerilatedContext), top(new Vtop{ctx.get()}) {
-        top->clk = 0;
-        top->rst = 1;
-        top->RX_DV = 0;
-        top->RX_ER = 0;
-        top->RXD = 0;
-        top->eval();
-        for (int i = 0; i < kResetCycles; i++) tick();
-        top->rst = 0;
-        top->eval();
-    }
-
-    void tick() {
-        top->clk = 1;
-        fast_eval(top.get());
-        top->clk = 0;
-        fast_eval(top.get());
-        cycles++;
-    }
-};
-
 // The Ethernet frame (destination MAC to FCS) carrying `payload` from the virtual host's
 // `src_port` to the board.
 std::vector<uint8_t> udp_frame(const uint8_t* mac, uint32_t ip, uint32_t port, uint32_t src_port,
@@ -231,7 +205,11 @@ int main(int argc, char** argv) {
     init_crc();
 
     Pcap pcap(argc == 6 ? argv[5] : nullptr);
-    Board board;
+    ClockedBoard board(kResetCycles, [](Vtop* top) {
+        top->RX_DV = 0;
+        top->RX_ER = 0;
+        top->RXD = 0;
+    });
     int sock = bind_udp(std::atoi(argv[1]));
     Counters count;
 
