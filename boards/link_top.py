@@ -83,8 +83,11 @@ class LinkTop(wiring.Component):
         self.uart = uart
         self.divisor = round(clock_hz / baud)
         self.clock_hz = clock_hz
+        # A UART byte takes ten bits of at least four cycles: the bridge's CRCs take a quarter
+        # of a byte a cycle (four cycles a byte, each way), at about a quarter of their logic.
         self.bridge = LinkBridge(list(kernels), manifest, max_payload=max_payload,
-                                 timeout_cycles=max(1000, int(clock_hz * timeout_ms / 1000)))
+                                 timeout_cycles=max(1000, int(clock_hz * timeout_ms / 1000)),
+                                 crc_bits=2)
         if mode == "bytes":
             members = {"i_bytes": In(stream.Signature(8)), "o_bytes": Out(stream.Signature(8))}
         elif mode == "pins":

@@ -23,7 +23,7 @@ from ..queue import RegisterQueue, count_up_down
 from ..stream import WIDTHS, byte_stream, request_stream
 
 __all__ = ["Crc32cKernel", "POLY", "INIT", "XOROUT", "crc32c_ref", "crc_matrices", "crc_update",
-           "gf2_apply", "crc_byte_step"]
+           "gf2_apply", "crc_bit_rows", "crc_bits_step", "crc_byte_step"]
 
 #: CRC-32C polynomial, bit-reversed (the form that processes the least significant bit first).
 POLY = 0x82F63B78
@@ -77,6 +77,26 @@ def gf2_apply(m: Module, x, rows: list[int], name: str):
         m.d.sync += mask.eq(mask)
         bits.append((x & mask).xor())
     return Cat(*bits)
+
+
+def crc_bit_rows(nbits: int, poly: int = POLY) -> list[int]:
+    """Rows of the GF(2) map from the register and ``nbits`` data bits (least significant
+    first, as a reflected CRC takes a byte's bits) to the register after them: bit ``i`` of row
+    ``o`` says whether bit ``i`` of ``Cat(state, bits)`` contributes to output bit ``o``."""
+
+    def update(state: int, data: int) -> int:
+        for i in range(nbits):
+            state = (state >> 1) ^ (poly if (state ^ (data >> i)) & 1 else 0)
+        return state
+
+    cols = [update(1 << i, 0) for i in range(32)] + [update(0, 1 << i) for i in range(nbits)]
+    return [sum(((col >> o) & 1) << i for i, col in enumerate(cols)) for o in range(32)]
+
+
+def crc_bits_step(m: Module, state, bits, name: str):
+    """The CRC-32C register after ``len(bits)`` more data bits, least significant first: a
+    byte's in 8 / k steps of ``k`` bits (a quarter of a byte's step's logic at ``k == 2``)."""
+    return gf2_apply(m, Cat(state, bits), crc_bit_rows(len(bits)), name)
 
 
 def crc_byte_step(m: Module, state, byte, name: str):

@@ -98,7 +98,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from ..kernels.crc32c import INIT, XOROUT, crc32c_ref, crc_byte_step
+from ..kernels.crc32c import INIT, XOROUT, crc32c_ref, crc_bits_step, crc_byte_step
 from ..stream import WIDTHS, byte_stream, request_stream
 from .cobs import CobsDecoder, CobsEncoder, decoded_layout, frame_layout
 from .counters import CounterBank
@@ -217,6 +217,11 @@ class LinkBridge(wiring.Component):
         :mod:`hdl.eth.link` cuts them out of datagrams and packs them back): ``i_frames`` and
         ``o_frames`` instead of ``i_bytes`` and ``o_bytes``, and no silence timeout (the
         ``timeouts`` counter stays 0).
+    crc_bits : int
+        Bits of a byte that each CRC-32C (the receiver's check, the sender's) takes in a cycle:
+        8, 4, 2 or 1. At 8 the bridge takes a byte a cycle and sends one; below, a byte takes
+        ``8 // crc_bits`` cycles each way, for about a quarter of the CRCs' logic at 2, which a
+        link that slow (a UART: tens of cycles a byte) can spare.
 
     Members
     -------
@@ -233,9 +238,12 @@ class LinkBridge(wiring.Component):
 
     def __init__(self, kernels, manifest: bytes, *, max_payload: int = MAX_PAYLOAD,
                  max_response: int = MAX_RESPONSE, timeout_cycles: int,
-                 window: int = REPLAY_WINDOW, framing: str = "cobs"):
+                 window: int = REPLAY_WINDOW, framing: str = "cobs", crc_bits: int = 8):
         if framing not in ("cobs", "frames"):
             raise ValueError(f"LinkBridge framing must be 'cobs' or 'frames', not {framing!r}")
+        if crc_bits not in (1, 2, 4, 8) or isinstance(crc_bits, bool):
+            raise ValueError(f"LinkBridge crc_bits must be 1, 2, 4 or 8, not {crc_bits!r}")
+        self.crc_bits = crc_bits
         self.framing = framing
         try:
             kernels = list(kernels)
@@ -415,8 +423,20 @@ class LinkBridge(wiring.Component):
 
         rx_good, rx_bad = Signal(), Signal()
         beat = frames_in
-        rx_ready = ~Mux(wbuf, full[1], full[0])
+        # A byte goes through the CRC crc_bits at a time: in the cycles before its last part,
+        # the byte waits (it is not taken) while its parts go in, counted in r_part.
+        crc_k = self.crc_bits
+        r_part = Signal(range(8 // crc_k))
+        r_last_part = r_part == 8 // crc_k - 1
+        rx_ready = ~Mux(wbuf, full[1], full[0]) & (beat.payload.end | r_last_part)
         m.d.comb += beat.ready.eq(rx_ready)
+        if crc_k < 8:
+            rx_crc_next = crc_bits_step(
+                m, r_crc, beat.payload.data.word_select(r_part, crc_k), "rx_crc")
+            with m.If(beat.valid & ~beat.payload.end & ~r_last_part):
+                m.d.sync += [r_crc.eq(rx_crc_next), r_part.eq(r_part + 1)]
+        else:
+            rx_crc_next = crc_byte_step(m, r_crc, beat.payload.data, "rx_crc")
         with m.If(beat.valid & rx_ready):
             with m.If(beat.payload.end):
                 good = (~beat.payload.bad & _at_least(r_idx, HEADER_SIZE + CRC_SIZE)
@@ -440,7 +460,7 @@ class LinkBridge(wiring.Component):
                 byte = beat.payload.data
                 m.d.sync += [
                     r_idx.eq(Mux(r_idx == frame_max, r_idx, r_idx + 1)),
-                    r_crc.eq(crc_byte_step(m, r_crc, byte, "rx_crc")),
+                    r_crc.eq(rx_crc_next), r_part.eq(0),
                 ]
                 # The header goes into the header memory of the buffer being filled: the
                 # executor has read it already, and a good frame writes it all (and a byte or
@@ -473,7 +493,7 @@ class LinkBridge(wiring.Component):
             hdr_wr[1].data.eq(beat.payload.data.replicate(2)),
         ]
         with m.If(flush):
-            m.d.sync += [r_idx.eq(0), r_crc.eq(INIT)]
+            m.d.sync += [r_idx.eq(0), r_crc.eq(INIT), r_part.eq(0)]
 
         # ---- Execute ----------------------------------------------------------------------
 
@@ -1018,11 +1038,19 @@ class LinkBridge(wiring.Component):
         b_crc = Signal(32)
         cnt = Signal(range(max(resp_max, HEADER_SIZE)))  # the byte being sent, in its part
         tx_byte = Signal(8)
-        tx_crc_next = crc_byte_step(m, b_crc, tx_byte, "tx_crc")
+        # As in the receiver, a byte goes through the CRC crc_bits at a time, and is sent with
+        # its last part (go); the parts before it wait for nothing but the byte itself.
+        s_part = Signal(range(8 // crc_k))
+        s_last_part = s_part == 8 // crc_k - 1
+        if crc_k < 8:
+            tx_crc_next = crc_bits_step(m, b_crc, tx_byte.word_select(s_part, crc_k), "tx_crc")
+        else:
+            tx_crc_next = crc_byte_step(m, b_crc, tx_byte, "tx_crc")
+        go = advance & s_last_part
         frame_sent = Signal()
 
         in_payload = Signal()
-        pay_next = Mux(in_payload, Mux(advance, cnt + 1, cnt), 0)
+        pay_next = Mux(in_payload, Mux(go, cnt + 1, cnt), 0)
         m.d.comb += [
             meta_rd.addr.eq(b_slot),
             slot_rd.addr.eq(Cat(pay_next[:slot_bits], b_slot[:win_bits])),
@@ -1087,9 +1115,11 @@ class LinkBridge(wiring.Component):
                 ])
                 assert len(header) == HEADER_SIZE
                 m.d.comb += tx_byte.eq(header[cnt[:4]])
-                with m.If(advance):
+                with m.If(~s_last_part):
+                    m.d.sync += [b_crc.eq(tx_crc_next), s_part.eq(s_part + 1)]
+                with m.If(go):
                     emit()
-                    m.d.sync += [b_crc.eq(tx_crc_next), cnt.eq(cnt + 1)]
+                    m.d.sync += [b_crc.eq(tx_crc_next), s_part.eq(0), cnt.eq(cnt + 1)]
                     with m.If(cnt == HEADER_SIZE - 1):
                         m.d.sync += [
                             cnt.eq(0),
@@ -1116,9 +1146,11 @@ class LinkBridge(wiring.Component):
                 counting = b_src == _Source.COUNTERS
                 with m.If(bank.rd_valid):
                     m.d.sync += c_have.eq(1)
-                with m.If(advance & (~counting | c_ready)):
+                with m.If(~s_last_part & (~counting | c_ready)):
+                    m.d.sync += [b_crc.eq(tx_crc_next), s_part.eq(s_part + 1)]
+                with m.If(go & (~counting | c_ready)):
                     emit()
-                    m.d.sync += [b_crc.eq(tx_crc_next), cnt.eq(cnt + 1)]
+                    m.d.sync += [b_crc.eq(tx_crc_next), s_part.eq(0), cnt.eq(cnt + 1)]
                     with m.If(cnt[:2] == 3):
                         m.d.sync += [c_have.eq(0), c_go.eq(counting), c_addr.eq(c_next)]
                     with m.If(cnt == b_length - 1):

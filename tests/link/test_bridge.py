@@ -581,6 +581,42 @@ def test_the_frames_framing_answers_as_the_cobs_one():
         make_bridge(framing="udp")
 
 
+@pytest.mark.parametrize("crc_bits", [1, 2, 4])
+def test_slower_crcs_answer_as_the_byte_one(crc_bits):
+    """A bridge whose CRCs take ``crc_bits`` a cycle (a UART device's, to save logic) gives the
+    same responses, byte for byte, as one taking a byte a cycle, under idle gaps and
+    backpressure: calls, retries, a damaged frame, a half frame dropped, a sync, the counters.
+    Back to back, a byte takes ``8 // crc_bits`` cycles at most."""
+    rng = random.Random(10 + crc_bits)
+    chunks = []
+    for seq in range(10):
+        kernel = rng.choice([CRC1, CRC4, ECHO])
+        chunks.append(ref_request(kernel, seq, b"\x01" + rng.randbytes(rng.randrange(0, 40))))
+        if rng.random() < 0.3:
+            chunks.append(chunks[-1])  # a retry: replayed
+    damaged = bytearray(ref_request(CRC1, 10, b"lost"))
+    damaged[5] ^= 0x08
+    half = ref_request(CRC4, 10, b"half")[:9]
+    chunks += [bytes(damaged), half, 2 * TIMEOUT, sync_request(0x4000_0000, nonce=7),
+               ref_request(CRC1, 0x4000_0000, b"after"), counters_request()]
+    answers = len(chunks) - 3  # the damaged frame, the half frame and the silence get none
+    want, _ = run(chunks, answers, seed=9, idle=0.3, backpressure=0.5)
+    got, _ = run(chunks, answers, seed=9, idle=0.3, backpressure=0.5,
+                 dut=make_bridge(crc_bits=crc_bits))
+    assert got[:-1] == want[:-1]
+    (link, kernels), (want_link, want_kernels) = (parse_counters(r[-1].payload)
+                                                  for r in (got, want))
+    assert link == want_link and link["bad_crc"] == 1 and link["timeouts"] == 1
+    for counts in (*kernels.values(), *want_kernels.values()):
+        del counts["busy_cycles"]  # cycles: more of them with slower CRCs
+    assert kernels == want_kernels
+    payloads = [rng.randbytes(48) for _ in range(4)]
+    stream_in = [b"".join(ref_request(CRC1, seq, p) for seq, p in enumerate(payloads))]
+    got, cycles = run(stream_in, len(payloads), dut=make_bridge(crc_bits=crc_bits))
+    assert [r.payload for r in got] == [crc_le(p) for p in payloads]
+    assert cycles / len(stream_in[0]) < 8 // crc_bits + 0.1
+
+
 def test_parameters_checked():
     kernel = Crc32cKernel(1)
     with pytest.raises(TypeError, match="kernels must be"):
@@ -601,6 +637,8 @@ def test_parameters_checked():
         LinkBridge([], b"", timeout_cycles=None)
     with pytest.raises(ValueError, match="window must be a power of two"):
         LinkBridge([], b"", timeout_cycles=10, window=6)
+    with pytest.raises(ValueError, match="crc_bits must be 1, 2, 4 or 8"):
+        LinkBridge([], b"", timeout_cycles=10, crc_bits=3)
     with pytest.raises(ValueError, match="max_response must be a multiple of every kernel's"):
         LinkBridge([(1, Crc32cKernel(4))], b"", max_response=6, timeout_cycles=10)
 
