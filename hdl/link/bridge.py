@@ -83,8 +83,7 @@ Choices where :mod:`hdl.link.protocol` leaves room:
   reset does not clear, clears them itself after a reset and holds ``i_stream.ready`` low
   meanwhile; the bridge waits for it like for any kernel, so that must take well under
   ``timeout_cycles``.
-* OP_SYNC reads its target from the frame buffer as a kernel call reads its payload (bytes past
-  the fourth are ignored). A sync that moves the expected number forgets the replay window by
+* OP_SYNC's target is the first 4 bytes of its payload (bytes past the fourth are ignored). A sync that moves the expected number forgets the replay window by
   counting no frame executed: the slots keep their bytes, but no number from before the sync
   reaches them, so such a frame is answered ``STATUS_OUT_OF_SEQUENCE``.
 * ``frames_in`` counts frames that passed the CRC check (each gets exactly one response);
@@ -156,6 +155,10 @@ _X_LAYOUT = data.StructLayout({
 #: Words of 4 bytes a header is kept in (the receiver's header memory).
 _HEADER_WORDS = 3
 assert 4 * (_HEADER_WORDS - 1) < HEADER_SIZE <= 4 * _HEADER_WORDS
+#: The word of the header memory after the header's, which holds the first 4 bytes of the
+#: payload (an OP_SYNC's target) in the lanes a header word's bytes have, the sequence number's.
+_TARGET_WORD = _HEADER_WORDS
+assert _TARGET_WORD == 3 and HEADER_SIZE % 4 == 2  # the lanes below: (offset + 2) % 4
 
 
 def _at_least(value, k: int):
@@ -422,6 +425,11 @@ class LinkBridge(wiring.Component):
         h_length = Signal(16)
 
         rx_good, rx_bad = Signal(), Signal()
+        # The header memory's word and byte lane for frame byte r_idx: the header's in wire
+        # order, then the payload's first 4 bytes in _TARGET_WORD, lane (r_idx + 2) % 4.
+        past_header = _at_least(r_idx, HEADER_SIZE)
+        hdr_word = Mux(past_header, _TARGET_WORD, r_idx[2:4])
+        hdr_lane = Cat(r_idx[0], r_idx[1] ^ past_header)
         beat = frames_in
         # A byte goes through the CRC crc_bits at a time: in the cycles before its last part,
         # the byte waits (it is not taken) while its parts go in, counted in r_part.
@@ -465,8 +473,8 @@ class LinkBridge(wiring.Component):
                 # The header goes into the header memory of the buffer being filled: the
                 # executor has read it already, and a good frame writes it all (and a byte or
                 # two of payload, which does no harm).
-                with m.If(~_at_least(r_idx, 4 * _HEADER_WORDS)):
-                    m.d.comb += Cat(hdr_wr[0].en, hdr_wr[1].en).eq(1 << r_idx[:2])
+                with m.If(~_at_least(r_idx, HEADER_SIZE + _SEQ_BYTES)):
+                    m.d.comb += Cat(hdr_wr[0].en, hdr_wr[1].en).eq(1 << hdr_lane)
                 with m.Switch(r_idx):
                     with m.Case(0):
                         m.d.sync += h_version_ok.eq(byte == LINK_VERSION)
@@ -487,9 +495,9 @@ class LinkBridge(wiring.Component):
         m.d.comb += [
             frame_wr.addr.eq(Cat(r_idx[:buf_bits], wbuf)),
             frame_wr.data.eq(beat.payload.data),
-            hdr_wr[0].addr.eq(Cat(r_idx[2:4], wbuf)),
+            hdr_wr[0].addr.eq(Cat(hdr_word, wbuf)),
             hdr_wr[0].data.eq(beat.payload.data.replicate(2)),
-            hdr_wr[1].addr.eq(Cat(r_idx[2:4], wbuf)),
+            hdr_wr[1].addr.eq(Cat(hdr_word, wbuf)),
             hdr_wr[1].data.eq(beat.payload.data.replicate(2)),
         ]
         with m.If(flush):
@@ -535,6 +543,7 @@ class LinkBridge(wiring.Component):
         ]
         hp = Signal(range(_HEADER_WORDS))  # the header word being read
         exec_idle = Signal()
+        exec_fsm_loading = Signal()
         x_buf = Signal()
         x_held = Signal()  # its frame buffer is not yet released
         x_known = Signal()
@@ -689,8 +698,10 @@ class LinkBridge(wiring.Component):
         byte = frame_rd.data
         fp_end = Signal()  # the payload is all taken: fp == HEADER_SIZE + x.length
         fp_last = Signal()  # fp == HEADER_SIZE + x.length - 1
+        # A frame that runs is not too long: its length has the bits of max_payload.
+        run_length = x.length[:ceil_log2(self.max_payload + 1)]
         with m.If(take):
-            m.d.sync += [fp_end.eq(fp_last), fp_last.eq(fp == x.length + (HEADER_SIZE - 2))]
+            m.d.sync += [fp_end.eq(fp_last), fp_last.eq(fp == run_length + (HEADER_SIZE - 2))]
         has_byte = ~fp_end
         msg_last_byte = ~x_more & fp_last
         forms_beat = (acc_n == x_width_m1) | msg_last_byte
@@ -700,8 +711,13 @@ class LinkBridge(wiring.Component):
         placed = (Cat(acc, Const(0, 8)) | (byte << Cat(Const(0, 3), acc_n)))[:len(f_data)]
         feed_done = ~has_byte & (x_more | last_sent) & ~f_valid
         m.d.comb += frame_rd.addr.eq(Cat(Mux(take, fp + 1, fp)[:buf_bits], x_buf))
+        # The last word read (in the last cycle of LOAD) is the sync target's, which the read
+        # ports then hold until SYNC takes it.
         hdr_addr = Mux(exec_idle, Cat(Const(0, 2), rbuf), Cat((hp + 1)[:2], x_buf))
-        m.d.comb += [hdr_rd[0].addr.eq(hdr_addr), hdr_rd[1].addr.eq(hdr_addr)]
+        hdr_word_in = Cat(hdr_rd[0].data, hdr_rd[1].data)
+        for port in hdr_rd:
+            m.d.comb += [port.addr.eq(hdr_addr),
+                         port.en.eq(exec_idle | exec_fsm_loading)]
 
         # Collect. A beat is taken only when all of its bytes fit in the slot. As max_response
         # is a multiple of the width and every beat but a response's last is full, that is when
@@ -748,7 +764,7 @@ class LinkBridge(wiring.Component):
             with m.State("LOAD"):
                 # Word hp, asked for in the cycle before, is here; the next one is asked for.
                 m.d.sync += hp.eq(hp + 1)
-                word = Cat(hdr_rd[0].data, hdr_rd[1].data)
+                word = hdr_word_in
                 with m.Switch(hp):
                     with m.Case(0):
                         m.d.sync += [x.kernel.eq(word[8:16]), x.opcode.eq(word[16:24]),
@@ -774,7 +790,7 @@ class LinkBridge(wiring.Component):
                 m.next = "DECIDE"
 
             with m.State("DECIDE"):
-                m.d.sync += [fp_end.eq(x.length == 0), fp_last.eq(x.length == 1)]
+                m.d.sync += [fp_end.eq(run_length == 0), fp_last.eq(run_length == 1)]
                 with m.If(x_system):
                     # Unsequenced: answered at once, whatever the sequence number.
                     def answer(*args, **kwargs):
@@ -935,15 +951,13 @@ class LinkBridge(wiring.Component):
                         m.d.sync += [watchdog.eq(watchdog + 1), timed_out.eq(watchdog[-1])]
 
             with m.State("SYNC"):
-                # The target comes from the frame buffer a byte per cycle, as RUN takes payload,
-                # into x.seq: then seq_behind is E - T, and T is ahead of E when E - T is
-                # from 2**31 + 1 to 2**32 - 1 (seq_ahead, in SYNC_CHECK).
-                with m.If(fp != HEADER_SIZE + _SEQ_BYTES):
-                    m.d.comb += take.eq(1)
-                    m.d.sync += [fp.eq(fp + 1), x.seq.eq(Cat(x.seq[8:], frame_rd.data))]
-                with m.Else():
-                    release_buffer()
-                    m.next = "SYNC_CHECK"
+                # The target, held by the header memory's read ports since LOAD, goes into x.seq
+                # (through the sequence number's own path): then seq_behind is E - T, and T is
+                # ahead of E when E - T is from 2**31 + 1 to 2**32 - 1 (seq_ahead, in
+                # SYNC_CHECK).
+                m.d.sync += x.seq.eq(hdr_word_in)
+                release_buffer()
+                m.next = "SYNC_CHECK"
 
             with m.State("SYNC_CHECK"):
                 with m.If(seq_ahead):
@@ -977,7 +991,8 @@ class LinkBridge(wiring.Component):
                     m.next = "IDLE"
 
         running = exec_fsm.ongoing("RUN") if n_kernels else Const(0)
-        m.d.comb += exec_idle.eq(exec_fsm.ongoing("IDLE"))
+        m.d.comb += [exec_idle.eq(exec_fsm.ongoing("IDLE")),
+                     exec_fsm_loading.eq(exec_fsm.ongoing("LOAD"))]
 
         with m.If(s_free):
             syncing = (exec_fsm.ongoing("SYNC") | exec_fsm.ongoing("SYNC_CHECK")
