@@ -99,8 +99,9 @@ class UartRx(wiring.Component):
     byte whose stop bit is low (a framing error, or a break) is dropped, and the receiver waits
     for the line to go high before it looks for the next start edge.
 
-    A received byte waits in ``o_stream`` until taken; the byte after it replaces it if it was
-    not taken by then.
+    A received byte waits in ``o_stream`` until taken, or until the next byte's start bit has
+    been checked: the byte is shifted in where it waits (no copy of it), so a byte not taken by
+    then is lost.
 
     Parameters
     ----------
@@ -131,7 +132,7 @@ class UartRx(wiring.Component):
         m.submodules.sync = FFSynchronizer(self.rx, line, init=1, stages=2)
 
         timer = Signal(range(self.divisor))
-        shreg = Signal(8)
+        shreg = self.o_stream.payload
         bit = Signal(range(8))
 
         with m.If(self.o_stream.ready):
@@ -151,7 +152,7 @@ class UartRx(wiring.Component):
                 with m.Elif(line):
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [timer.eq(self.divisor - 1), bit.eq(0)]
+                    m.d.sync += [timer.eq(self.divisor - 1), bit.eq(0), self.o_stream.valid.eq(0)]
                     m.next = "DATA"
             with m.State("DATA"):
                 with m.If(timer != 0):
@@ -168,7 +169,7 @@ class UartRx(wiring.Component):
                 with m.If(timer != 0):
                     m.d.sync += timer.eq(timer - 1)
                 with m.Elif(line):
-                    m.d.sync += [self.o_stream.valid.eq(1), self.o_stream.payload.eq(shreg)]
+                    m.d.sync += self.o_stream.valid.eq(1)
                     m.next = "IDLE"
                 with m.Else():
                     m.next = "WAIT_HIGH"
