@@ -83,9 +83,10 @@ Choices where :mod:`hdl.link.protocol` leaves room:
   reset does not clear, clears them itself after a reset and holds ``i_stream.ready`` low
   meanwhile; the bridge waits for it like for any kernel, so that must take well under
   ``timeout_cycles``.
-* OP_SYNC's target is the first 4 bytes of its payload (bytes past the fourth are ignored). A sync that moves the expected number forgets the replay window by
-  counting no frame executed: the slots keep their bytes, but no number from before the sync
-  reaches them, so such a frame is answered ``STATUS_OUT_OF_SEQUENCE``.
+* OP_SYNC's target is the first 4 bytes of its payload (bytes past the fourth are ignored). A
+  sync that moves the expected number forgets the replay window by counting no frame executed:
+  the slots keep their bytes, but no number from before the sync reaches them, so such a frame
+  is answered ``STATUS_OUT_OF_SEQUENCE``.
 * ``frames_in`` counts frames that passed the CRC check (each gets exactly one response);
   ``bad_crc`` counts frames dropped for a wrong CRC, a size under a header and a CRC, or a
   broken COBS encoding. An empty frame (two delimiters in a row) is ignored, not counted.
