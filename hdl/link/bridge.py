@@ -423,7 +423,12 @@ class LinkBridge(wiring.Component):
         r_crc = Signal(32, init=INIT)
         h_version_ok = Signal()
         h_cont = Signal()
-        h_length = Signal(16)
+        # The frame's size as its length field gives it (HEADER_SIZE + CRC_SIZE more), added
+        # a byte at a time as the field comes in, in the logic before the flip-flops that keep
+        # it (which would hold a copy of the byte otherwise).
+        frame_extra = HEADER_SIZE + CRC_SIZE
+        h_end = Signal(17)
+        h_carry = Signal()
 
         rx_good, rx_bad = Signal(), Signal()
         # The header memory's word and byte lane for frame byte r_idx: the header's in wire
@@ -457,9 +462,10 @@ class LinkBridge(wiring.Component):
                             m.d.sync += [
                                 d_bad[b].eq(
                                     ~h_version_ok
-                                    | (r_idx != h_length + HEADER_SIZE + CRC_SIZE)
-                                    | (h_cont & (h_length != 0))),
-                                d_too_long[b].eq(_at_least(h_length, self.max_payload + 1)),
+                                    | (r_idx != h_end)
+                                    | (h_cont & (h_end != frame_extra))),
+                                d_too_long[b].eq(
+                                    _at_least(h_end, self.max_payload + 1 + frame_extra)),
                             ]
                     m.d.sync += wbuf.eq(~wbuf)
                 with m.Else():
@@ -482,9 +488,9 @@ class LinkBridge(wiring.Component):
                     with m.Case(3):
                         m.d.sync += h_cont.eq((byte & FLAG_CONTINUE) != 0)
                     with m.Case(8):
-                        m.d.sync += h_length[:8].eq(byte)
+                        m.d.sync += Cat(h_end[:8], h_carry).eq(byte + frame_extra)
                     with m.Case(9):
-                        m.d.sync += h_length[8:].eq(byte)
+                        m.d.sync += h_end[8:].eq(byte + h_carry)
                 # Everything after the header goes into the buffer (the CRC too, when there is
                 # room: it is never read), each byte at its offset in the frame modulo the
                 # buffer's size, so that the payload wraps around the end of the buffer; a frame
@@ -810,9 +816,12 @@ class LinkBridge(wiring.Component):
                         with m.Elif(op_counters):
                             answer(_Source.COUNTERS, STATUS_OK, length=self.counters_size)
                         with m.Elif(op_sync):
-                            # The target replaces the sequence number in x.seq. The number
-                            # waits in b_seq, loaded in this cycle and held through the sync
-                            # (the sender does not look at it while p_valid is low).
+                            # The target replaces the sequence number in x.seq, from the header
+                            # memory's read ports, which hold it since LOAD (through the
+                            # sequence number's own path). The number waits in b_seq, loaded
+                            # in this cycle and held through the sync (the sender does not look
+                            # at it while p_valid is low).
+                            m.d.sync += x.seq.eq(hdr_word_in)
                             m.next = "SYNC"
                         with m.Else():
                             answer(_Source.EMPTY, STATUS_BAD_OPCODE)
@@ -952,11 +961,9 @@ class LinkBridge(wiring.Component):
                         m.d.sync += [watchdog.eq(watchdog + 1), timed_out.eq(watchdog[-1])]
 
             with m.State("SYNC"):
-                # The target, held by the header memory's read ports since LOAD, goes into x.seq
-                # (through the sequence number's own path): then seq_behind is E - T, and T is
-                # ahead of E when E - T is from 2**31 + 1 to 2**32 - 1 (seq_ahead, in
-                # SYNC_CHECK).
-                m.d.sync += x.seq.eq(hdr_word_in)
+                # x.seq holds the target (since DECIDE): seq_behind is E - T, registered at the
+                # end of this cycle, and T is ahead of E when E - T is from 2**31 + 1 to
+                # 2**32 - 1 (seq_ahead, in SYNC_CHECK).
                 release_buffer()
                 m.next = "SYNC_CHECK"
 
