@@ -151,7 +151,7 @@ def _below_seq(value):
 
 #: The header fields the executor keeps of a request.
 _X_LAYOUT = data.StructLayout({
-    "kernel": 8, "opcode": 8, "flags": 8, "length": 16, "seq": SEQ_BITS,
+    "kernel": 8, "opcode": 8, "flags": 8, "seq": SEQ_BITS,
 })
 #: Words of 4 bytes a header is kept in (the receiver's header memory).
 _HEADER_WORDS = 3
@@ -540,6 +540,10 @@ class LinkBridge(wiring.Component):
         # The request being executed: its header, read from the header memory a word per
         # cycle, and what the receiver decided of it.
         x = Signal(_X_LAYOUT, reset_less=True)
+        # Of its length: fp at the payload's last byte but one (for a frame that runs: it is
+        # not too long, so this has max_payload's bits), whether it is 0 or 1 or under 4.
+        x_before_last = Signal(range(HEADER_SIZE + self.max_payload))
+        x_length_0, x_length_1, x_short = Signal(), Signal(), Signal()
         x_bad = Signal()  # bad: a wrong version, an inconsistent length or continuation
         x_too_long = Signal()
         x_more = Signal()  # FLAG_MORE, on a frame that is not a continuation
@@ -624,7 +628,6 @@ class LinkBridge(wiring.Component):
         seq_kept = Signal()  # x.seq is in the replay window (or the expected number)
         seq_ahead = Signal()  # x.seq is ahead of the expected number, E - T from 2**31 + 1
         x_system = Signal()  # x is for the system kernel
-        x_short = Signal()  # x's payload is too short for OP_SYNC
         op_sync, op_manifest, op_counters, op_reset = (
             Signal(name=f"op_{name}") for name in ("sync", "manifest", "counters", "reset"))
         slot_busy = Signal()  # slot_hazard
@@ -634,7 +637,6 @@ class LinkBridge(wiring.Component):
             seq_kept.eq(behind_high_zero & (seq_behind[:win_cmp] <= executed)),
             seq_ahead.eq(seq_behind[-1] & ~(behind_mid_zero & (seq_behind[:win_cmp] == 0))),
             x_system.eq(x.kernel == SYSTEM_KERNEL_ID),
-            x_short.eq(_below_seq(x.length)),
             op_sync.eq(x.opcode == OP_SYNC),
             op_manifest.eq(x.opcode == OP_MANIFEST),
             op_counters.eq(x.opcode == OP_COUNTERS),
@@ -705,10 +707,8 @@ class LinkBridge(wiring.Component):
         byte = frame_rd.data
         fp_end = Signal()  # the payload is all taken: fp == HEADER_SIZE + x.length
         fp_last = Signal()  # fp == HEADER_SIZE + x.length - 1
-        # A frame that runs is not too long: its length has the bits of max_payload.
-        run_length = x.length[:ceil_log2(self.max_payload + 1)]
         with m.If(take):
-            m.d.sync += [fp_end.eq(fp_last), fp_last.eq(fp == run_length + (HEADER_SIZE - 2))]
+            m.d.sync += [fp_end.eq(fp_last), fp_last.eq(fp == x_before_last)]
         has_byte = ~fp_end
         msg_last_byte = ~x_more & fp_last
         forms_beat = (acc_n == x_width_m1) | msg_last_byte
@@ -779,7 +779,14 @@ class LinkBridge(wiring.Component):
                     with m.Case(1):
                         m.d.sync += x.seq.eq(word)
                     with m.Case(2):
-                        m.d.sync += x.length.eq(word[:16])
+                        # Only what the length decides is kept: added in the logic before the
+                        # flip-flops (which would hold a copy of it otherwise).
+                        length = word[:16]
+                        m.d.sync += [
+                            x_before_last.eq(length + (HEADER_SIZE - 2)),
+                            x_length_0.eq(length == 0), x_length_1.eq(length == 1),
+                            x_short.eq(_below_seq(length)),
+                        ]
                         m.next = "KERNEL"
 
             with m.State("KERNEL"):
@@ -797,7 +804,7 @@ class LinkBridge(wiring.Component):
                 m.next = "DECIDE"
 
             with m.State("DECIDE"):
-                m.d.sync += [fp_end.eq(run_length == 0), fp_last.eq(run_length == 1)]
+                m.d.sync += [fp_end.eq(x_length_0), fp_last.eq(x_length_1)]
                 with m.If(x_system):
                     # Unsequenced: answered at once, whatever the sequence number.
                     def answer(*args, **kwargs):
