@@ -14,8 +14,9 @@ execute
     frames out of sequence, resets a kernel (OP_RESET), and runs a kernel call by feeding the
     frame's payload to the kernel while collecting its response into the replay slot of the
     frame's sequence number. It frees the frame buffer as soon as the payload has been read.
-    It reads a frame's header into its one header register a word per cycle, and decides on
-    the frame a cycle after, from comparisons (of the sequence number, the kernel, the opcode)
+    It reads a frame's header a word per cycle, into its one header register but for the
+    sequence number, which the header memory's read ports hold, and decides on the frame a
+    cycle after, from comparisons (of the sequence number, the kernel, the opcode)
     registered in between. It hands a response to the sender only while the sender is idle,
     into the sender's own registers and the meta memory (one copy), and changes the expected
     sequence number only then, so the sender reads it live.
@@ -107,6 +108,7 @@ from .protocol import (
     FLAG_CONTINUE,
     FLAG_MORE,
     FLAG_RESPONSE,
+    HEADER,
     HEADER_SIZE,
     KERNEL_COUNTERS,
     LINK_COUNTERS,
@@ -151,11 +153,17 @@ def _below_seq(value):
 
 #: The header fields the executor keeps of a request.
 _X_LAYOUT = data.StructLayout({
-    "kernel": 8, "opcode": 8, "flags": 8, "seq": SEQ_BITS,
+    "kernel": 8, "opcode": 8, "flags": 8,
 })
 #: Words of 4 bytes a header is kept in (the receiver's header memory).
 _HEADER_WORDS = 3
 assert 4 * (_HEADER_WORDS - 1) < HEADER_SIZE <= 4 * _HEADER_WORDS
+#: The header memory's word that holds the sequence number.
+_SEQ_WORD = HEADER["seq"].offset // 32
+assert HEADER["seq"].offset % 32 == 0 and HEADER["seq"].width == SEQ_BITS == 32
+#: And the length, in its low half.
+_LENGTH_WORD = HEADER["length"].offset // 32
+assert HEADER["length"].offset % 32 == 0 and _LENGTH_WORD not in (0, _SEQ_WORD)
 #: The word of the header memory after the header's, which holds the first 4 bytes of the
 #: payload (an OP_SYNC's target) in the lanes a header word's bytes have, the sequence number's.
 _TARGET_WORD = _HEADER_WORDS
@@ -403,8 +411,9 @@ class LinkBridge(wiring.Component):
         frame_rd = read_port(m, frame_buffers, "frame_rd")
 
         # Each frame buffer's header is kept in a small memory of its own, in words of 4 bytes
-        # in wire order (_HEADER_WORDS of them), which the executor reads a word per cycle into
-        # one register; only what the end of the frame decides is kept for each buffer.
+        # in wire order (_HEADER_WORDS of them, then the sync target's), which the executor reads
+        # a word per cycle (see LOAD); only what the end of the frame decides is kept for each
+        # buffer.
         # Two memories of 16-bit words, the low and the high half of each, each one block RAM.
         hdr_wr, hdr_rd = [], []
         for half in ("lo", "hi"):
@@ -553,6 +562,10 @@ class LinkBridge(wiring.Component):
             x_cont.eq((x.flags & FLAG_CONTINUE) != 0),
         ]
         hp = Signal(range(_HEADER_WORDS))  # the header word being read
+        hdr_word_in = Cat(hdr_rd[0].data, hdr_rd[1].data)
+        # The request's sequence number, where the header memory's read ports hold it: no copy.
+        # During a sync, its target.
+        x_seq = hdr_word_in
         exec_idle = Signal()
         exec_fsm_loading = Signal()
         x_buf = Signal()
@@ -589,8 +602,8 @@ class LinkBridge(wiring.Component):
 
         # A response's kernel and sequence number are loaded while the sender is free (so in
         # the cycle the response is made, too), not by each response: their enables stay one
-        # flip-flop. The sequence number is x.seq but during a sync, whose target replaces it in
-        # x.seq (see below).
+        # flip-flop. The sequence number is x_seq but during a sync, whose target replaces it in
+        # x_seq (see below).
         def respond(src, status, length=0):
             m.d.sync += [p_valid.eq(1), b_src.eq(src)]
             if src != _Source.SLOT:
@@ -608,25 +621,25 @@ class LinkBridge(wiring.Component):
         b_slot_busy = Signal()
         slot_hazard = (p_valid | b_slot_busy) & (b_slot == target)
 
-        # The expected number is only ever loaded from x.seq: a frame finishes because its
+        # The expected number is only ever loaded from x_seq: a frame finishes because its
         # number is the expected one (then it steps past it), and a sync's target is shifted
-        # into x.seq. One adder for both keeps a 32-bit mux off the iCE40.
+        # into x_seq. One adder for both keeps a 32-bit mux off the iCE40.
         e_load, e_step = Signal(), Signal()
         with m.If(e_load):
-            m.d.sync += expected.eq(x.seq + e_step)
+            m.d.sync += expected.eq(x_seq + e_step)
         # What DECIDE and SYNC_CHECK go by is registered every cycle from x, expected, executed
-        # and the sender: each waits a cycle after x (or x.seq) was loaded (CHECK, SYNC_CHECK),
+        # and the sender: each waits a cycle after x (or x_seq) was loaded (CHECK, SYNC_CHECK),
         # so that the 32-bit subtraction and its comparisons end in flip-flops. The slot hazard
         # a cycle old is a safe answer: only this FSM starts a response, and a hazard ends only
         # when the sender is done with the slot.
         seq_behind = Signal(SEQ_BITS)
-        m.d.comb += seq_behind.eq(expected - x.seq)
+        m.d.comb += seq_behind.eq(expected - x_seq)
         win_cmp = len(executed)  # bits of seq_behind compared with executed
         behind_mid_zero = seq_behind[win_cmp:-1] == 0
         behind_high_zero = behind_mid_zero & ~seq_behind[-1]
-        seq_same = Signal()  # x.seq is the expected number
-        seq_kept = Signal()  # x.seq is in the replay window (or the expected number)
-        seq_ahead = Signal()  # x.seq is ahead of the expected number, E - T from 2**31 + 1
+        seq_same = Signal()  # x_seq is the expected number
+        seq_kept = Signal()  # x_seq is in the replay window (or the expected number)
+        seq_ahead = Signal()  # x_seq is ahead of the expected number, E - T from 2**31 + 1
         x_system = Signal()  # x is for the system kernel
         op_sync, op_manifest, op_counters, op_reset = (
             Signal(name=f"op_{name}") for name in ("sync", "manifest", "counters", "reset"))
@@ -718,13 +731,14 @@ class LinkBridge(wiring.Component):
         placed = (Cat(acc, Const(0, 8)) | (byte << Cat(Const(0, 3), acc_n)))[:len(f_data)]
         feed_done = ~has_byte & (x_more | last_sent) & ~f_valid
         m.d.comb += frame_rd.addr.eq(Cat(Mux(take, fp + 1, fp)[:buf_bits], x_buf))
-        # The last word read (in the last cycle of LOAD) is the sync target's, which the read
-        # ports then hold until SYNC takes it.
-        hdr_addr = Mux(exec_idle, Cat(Const(0, 2), rbuf), Cat((hp + 1)[:2], x_buf))
-        hdr_word_in = Cat(hdr_rd[0].data, hdr_rd[1].data)
+        # LOAD reads words 0, _LENGTH_WORD and _SEQ_WORD, a word a cycle; the read ports then
+        # hold the sequence number (x_seq) until the frame's response is made. A sync reads its
+        # target (_TARGET_WORD) in DECIDE, which they hold from SYNC on.
+        hdr_next = Signal(2, init=_SEQ_WORD)  # the word asked for in LOAD and DECIDE
+        hdr_read = Signal()  # ask for it (and for word 0 of the next buffer when IDLE)
+        hdr_addr = Mux(exec_idle, Cat(Const(0, 2), rbuf), Cat(hdr_next, x_buf))
         for port in hdr_rd:
-            m.d.comb += [port.addr.eq(hdr_addr),
-                         port.en.eq(exec_idle | exec_fsm_loading)]
+            m.d.comb += [port.addr.eq(hdr_addr), port.en.eq(exec_idle | hdr_read)]
 
         # Collect. A beat is taken only when all of its bytes fit in the slot. As max_response
         # is a multiple of the width and every beat but a response's last is full, that is when
@@ -769,16 +783,17 @@ class LinkBridge(wiring.Component):
                     m.next = "LOAD"
 
             with m.State("LOAD"):
-                # Word hp, asked for in the cycle before, is here; the next one is asked for.
+                # Word 0, the length's, then the number's, asked for in the cycle before, is
+                # here; the next one is asked for.
                 m.d.sync += hp.eq(hp + 1)
+                m.d.comb += hdr_read.eq(1)
                 word = hdr_word_in
                 with m.Switch(hp):
                     with m.Case(0):
+                        m.d.comb += hdr_next.eq(_LENGTH_WORD)
                         m.d.sync += [x.kernel.eq(word[8:16]), x.opcode.eq(word[16:24]),
                                      x.flags.eq(word[24:])]
                     with m.Case(1):
-                        m.d.sync += x.seq.eq(word)
-                    with m.Case(2):
                         # Only what the length decides is kept: added in the logic before the
                         # flip-flops (which would hold a copy of it otherwise).
                         length = word[:16]
@@ -787,7 +802,8 @@ class LinkBridge(wiring.Component):
                             x_length_0.eq(length == 0), x_length_1.eq(length == 1),
                             x_short.eq(_below_seq(length)),
                         ]
-                        m.next = "KERNEL"
+                    with m.Case(2):
+                        m.next = "KERNEL"  # the read ports hold word 1 from now on
 
             with m.State("KERNEL"):
                 m.d.sync += [x_known.eq(0), x_op_ok.eq(0)]
@@ -823,12 +839,11 @@ class LinkBridge(wiring.Component):
                         with m.Elif(op_counters):
                             answer(_Source.COUNTERS, STATUS_OK, length=self.counters_size)
                         with m.Elif(op_sync):
-                            # The target replaces the sequence number in x.seq, from the header
-                            # memory's read ports, which hold it since LOAD (through the
-                            # sequence number's own path). The number waits in b_seq, loaded
-                            # in this cycle and held through the sync (the sender does not look
-                            # at it while p_valid is low).
-                            m.d.sync += x.seq.eq(hdr_word_in)
+                            # The target replaces the sequence number in x_seq: the read ports
+                            # read it now. The number waits in b_seq, loaded in this cycle and
+                            # held through the sync (the sender does not look at it while
+                            # p_valid is low).
+                            m.d.comb += [hdr_read.eq(1), hdr_next.eq(_TARGET_WORD)]
                             m.next = "SYNC"
                         with m.Else():
                             answer(_Source.EMPTY, STATUS_BAD_OPCODE)
@@ -879,7 +894,7 @@ class LinkBridge(wiring.Component):
                     with m.If(s_free):
                         release_buffer()
                         respond(_Source.SLOT, 0)
-                        m.d.sync += b_slot.eq(x.seq[:win_bits])
+                        m.d.sync += b_slot.eq(x_seq[:win_bits])
                         m.d.comb += counted_replay.eq(1)
                         m.next = "IDLE"
                 with m.Else():
@@ -968,7 +983,7 @@ class LinkBridge(wiring.Component):
                         m.d.sync += [watchdog.eq(watchdog + 1), timed_out.eq(watchdog[-1])]
 
             with m.State("SYNC"):
-                # x.seq holds the target (since DECIDE): seq_behind is E - T, registered at the
+                # x_seq holds the target (since DECIDE): seq_behind is E - T, registered at the
                 # end of this cycle, and T is ahead of E when E - T is from 2**31 + 1 to
                 # 2**32 - 1 (seq_ahead, in SYNC_CHECK).
                 release_buffer()
@@ -1013,7 +1028,7 @@ class LinkBridge(wiring.Component):
             syncing = (exec_fsm.ongoing("SYNC") | exec_fsm.ongoing("SYNC_CHECK")
                        | exec_fsm.ongoing("SYNCED"))
             with m.If(~syncing):
-                m.d.sync += b_seq.eq(x.seq)
+                m.d.sync += b_seq.eq(x_seq)
 
         # Kernel ports. Beats go in from flip-flops, each with its frame's opcode. A kernel's
         # response is taken while a frame to it runs; otherwise it is held while the kernel has
