@@ -158,8 +158,9 @@ _X_LAYOUT = data.StructLayout({
 #: Words of 4 bytes a header is kept in (the receiver's header memory).
 _HEADER_WORDS = 3
 assert 4 * (_HEADER_WORDS - 1) < HEADER_SIZE <= 4 * _HEADER_WORDS
-#: The header memory's word that holds the sequence number.
+#: The header memory's word that holds the sequence number, and its offset in the header.
 _SEQ_WORD = HEADER["seq"].offset // 32
+_SEQ_OFFSET = HEADER["seq"].offset // 8
 assert HEADER["seq"].offset % 32 == 0 and HEADER["seq"].width == SEQ_BITS == 32
 #: And the length, in its low half.
 _LENGTH_WORD = HEADER["length"].offset // 32
@@ -586,7 +587,16 @@ class LinkBridge(wiring.Component):
         s_free = Signal()  # the sender is idle and no response waits
         b_src = Signal(_Source)
         b_slot = Signal(win_bits + 1)  # its replay slot, or the window: its meta entry
-        b_seq = Signal(SEQ_BITS)
+        # The response's sequence number (the request's). With CRCs of a byte a cycle, the
+        # sender keeps a copy of it, so that the executor goes on with the next frame at once.
+        # Slower, the sender reads it where the header memory's read ports hold it (x_seq), and
+        # the executor leaves them alone (seq_wait) until its bytes have gone: 32 flip-flops
+        # fewer, for a few cycles a frame.
+        seq_wait = Signal()
+        if self.crc_bits == 8:
+            b_seq = Signal(SEQ_BITS)
+        else:
+            b_seq = x_seq
 
         release = Signal()
         for b in range(2):
@@ -738,7 +748,7 @@ class LinkBridge(wiring.Component):
         hdr_read = Signal()  # ask for it (and for word 0 of the next buffer when IDLE)
         hdr_addr = Mux(exec_idle, Cat(Const(0, 2), rbuf), Cat(hdr_next, x_buf))
         for port in hdr_rd:
-            m.d.comb += [port.addr.eq(hdr_addr), port.en.eq(exec_idle | hdr_read)]
+            m.d.comb += [port.addr.eq(hdr_addr), port.en.eq((exec_idle & ~seq_wait) | hdr_read)]
 
         # Collect. A beat is taken only when all of its bytes fit in the slot. As max_response
         # is a multiple of the width and every beat but a response's last is full, that is when
@@ -774,7 +784,7 @@ class LinkBridge(wiring.Component):
 
         with m.FSM(name="execute") as exec_fsm:
             with m.State("IDLE"):
-                with m.If(Mux(rbuf, full[1], full[0])):
+                with m.If(Mux(rbuf, full[1], full[0]) & ~seq_wait):
                     m.d.sync += [
                         x_buf.eq(rbuf), x_held.eq(1), rbuf.eq(~rbuf), fp.eq(HEADER_SIZE), hp.eq(0),
                         x_bad.eq(Mux(rbuf, d_bad[1], d_bad[0])),
@@ -994,6 +1004,8 @@ class LinkBridge(wiring.Component):
                     # Numbers from before the sync must not replay: forget the window.
                     m.d.comb += e_load.eq(1)
                     m.d.sync += executed.eq(0)
+                # The read ports hold the request's number again from SYNCED on (b_seq).
+                m.d.comb += [hdr_read.eq(1), hdr_next.eq(_SEQ_WORD)]
                 m.next = "SYNCED"
 
             with m.State("SYNCED"):
@@ -1024,11 +1036,12 @@ class LinkBridge(wiring.Component):
         m.d.comb += [exec_idle.eq(exec_fsm.ongoing("IDLE")),
                      exec_fsm_loading.eq(exec_fsm.ongoing("LOAD"))]
 
-        with m.If(s_free):
-            syncing = (exec_fsm.ongoing("SYNC") | exec_fsm.ongoing("SYNC_CHECK")
-                       | exec_fsm.ongoing("SYNCED"))
-            with m.If(~syncing):
-                m.d.sync += b_seq.eq(x_seq)
+        if self.crc_bits == 8:
+            with m.If(s_free):
+                syncing = (exec_fsm.ongoing("SYNC") | exec_fsm.ongoing("SYNC_CHECK")
+                           | exec_fsm.ongoing("SYNCED"))
+                with m.If(~syncing):
+                    m.d.sync += b_seq.eq(x_seq)
 
         # Kernel ports. Beats go in from flip-flops, each with its frame's opcode. A kernel's
         # response is taken while a frame to it runs; otherwise it is held while the kernel has
@@ -1210,6 +1223,9 @@ class LinkBridge(wiring.Component):
                         m.d.comb += frame_sent.eq(1)
                         m.next = "IDLE"
 
+        if self.crc_bits < 8:
+            m.d.comb += seq_wait.eq(p_valid | (send_fsm.ongoing("HEADER")
+                                               & ~_at_least(cnt, _SEQ_OFFSET + _SEQ_BYTES)))
         m.d.comb += [
             b_slot_busy.eq(~send_fsm.ongoing("IDLE")),
             s_free.eq(~p_valid & send_fsm.ongoing("IDLE")),
