@@ -1,7 +1,8 @@
 """The gateware end of the link: frames in, kernel calls, frames out.
 
 The bridge is three stages that run concurrently, joined by registers, so that a byte can
-arrive every cycle while the previous request executes and the one before it is answered:
+arrive every cycle while the previous request executes and the one before it is answered
+(every ``8 // crc_bits`` cycles with CRCs of fewer bits a cycle: see ``crc_bits``):
 
 receive
     COBS-decodes the link bytes, checks each frame's CRC-32C on the fly, writes the header into
@@ -22,7 +23,8 @@ execute
     sequence number only then, so the sender reads it live.
 send
     builds each response frame (header, payload from a replay slot, the manifest ROM, the
-    counters or a register, CRC-32C) one byte per cycle and COBS-encodes it. The counters
+    counters or a register, CRC-32C) one byte per cycle (or per ``8 // crc_bits`` cycles) and
+    COBS-encodes it. The counters
     live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which counts
     each event a cycle after it happens: each is read from it, as it is when the read is taken,
     just before its first byte goes, and the send waits the two cycles that takes.
@@ -487,9 +489,9 @@ class LinkBridge(wiring.Component):
                     r_idx.eq(Mux(r_idx == frame_max, r_idx, r_idx + 1)),
                     r_crc.eq(rx_crc_next), r_part.eq(0),
                 ]
-                # The header goes into the header memory of the buffer being filled: the
-                # executor has read it already, and a good frame writes it all (and a byte or
-                # two of payload, which does no harm).
+                # The header, then the payload's first 4 bytes (a sync's target), go into the
+                # header memory of the buffer being filled: the executor has read it already,
+                # and a good frame writes it all.
                 with m.If(~_at_least(r_idx, HEADER_SIZE + _SEQ_BYTES)):
                     m.d.comb += Cat(hdr_wr[0].en, hdr_wr[1].en).eq(1 << hdr_lane)
                 with m.Switch(r_idx):
@@ -612,8 +614,8 @@ class LinkBridge(wiring.Component):
 
         # A response's kernel and sequence number are loaded while the sender is free (so in
         # the cycle the response is made, too), not by each response: their enables stay one
-        # flip-flop. The sequence number is x_seq but during a sync, whose target replaces it in
-        # x_seq (see below).
+        # flip-flop. The sequence number is x_seq's (see b_seq), but during a sync, whose target
+        # replaces it in x_seq (see below).
         def respond(src, status, length=0):
             m.d.sync += [p_valid.eq(1), b_src.eq(src)]
             if src != _Source.SLOT:
@@ -632,8 +634,8 @@ class LinkBridge(wiring.Component):
         slot_hazard = (p_valid | b_slot_busy) & (b_slot == target)
 
         # The expected number is only ever loaded from x_seq: a frame finishes because its
-        # number is the expected one (then it steps past it), and a sync's target is shifted
-        # into x_seq. One adder for both keeps a 32-bit mux off the iCE40.
+        # number is the expected one (then it steps past it), and a sync's target is read into
+        # x_seq. One adder for both keeps a 32-bit mux off the iCE40.
         e_load, e_step = Signal(), Signal()
         with m.If(e_load):
             m.d.sync += expected.eq(x_seq + e_step)
@@ -850,9 +852,10 @@ class LinkBridge(wiring.Component):
                             answer(_Source.COUNTERS, STATUS_OK, length=self.counters_size)
                         with m.Elif(op_sync):
                             # The target replaces the sequence number in x_seq: the read ports
-                            # read it now. The number waits in b_seq, loaded in this cycle and
-                            # held through the sync (the sender does not look at it while
-                            # p_valid is low).
+                            # read it now. With crc_bits 8, the number waits in b_seq, loaded in
+                            # this cycle and held through the sync (the sender does not look at
+                            # it while p_valid is low); below, the read ports read it back in
+                            # SYNC_CHECK.
                             m.d.comb += [hdr_read.eq(1), hdr_next.eq(_TARGET_WORD)]
                             m.next = "SYNC"
                         with m.Else():
