@@ -24,7 +24,8 @@ send
     counters or a register, CRC-32C) one byte per cycle and COBS-encodes it. The counters
     live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which counts
     each event a cycle after it happens: each is read from it, as it is when the read is taken,
-    just before its first byte goes, and the send waits the two cycles that takes.
+    just before its first byte goes, and the send waits for it (the bank's sweeper reaches the
+    counter within a cycle a counter, and the result comes a cycle later).
 
 Kernel traffic is a byte per cycle, packed into and unpacked from each kernel's beats of
 ``width`` bytes. Everything the bridge drives into a kernel comes from its own flip-flops
@@ -1033,8 +1034,8 @@ class LinkBridge(wiring.Component):
         # Counters: before the first byte of each word, the word is read from the bank (or, for
         # open_message, taken live); the send waits for it. The bank's rd_data holds the word
         # while its bytes go, so they are all of one reading. The read is asked for from
-        # flip-flops (c_go, c_addr, set as the word before ends), since the bank puts its own
-        # multiplexers behind them.
+        # flip-flops (c_go, c_addr, set as the word before ends), since the bank compares
+        # c_addr with its sweeper's position and puts its own logic behind that.
         words = []  # per payload word: its counter in the bank, or the kernel whose in_msg it is
         words += [("bank", i) for i in range(len(LINK_COUNTERS))]
         for k in range(n_kernels):
