@@ -22,7 +22,7 @@ execute
 send
     builds each response frame (header, payload from a replay slot, the manifest ROM, the
     counters or a register, CRC-32C) one byte per cycle and COBS-encodes it. The counters
-    live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which counts
+    live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which sees
     each event a cycle after it happens: each is read from it, as it is when the read is taken,
     just before its first byte goes, and the send waits for it (the bank's sweeper reaches the
     counter within a cycle a counter, and the result comes a cycle later).
@@ -1154,10 +1154,12 @@ class LinkBridge(wiring.Component):
         for k_event in k_events:
             assert set(k_event) == set(kernel_events), "a kernel counter has no event"
             incs += [k_event[name] for name in kernel_events]
-        # A cycle late, from flip-flops: the bank picks one event among them for the counter it
-        # steps, and the events (the receiver's CRC check, a kernel's handshake) are the ends of
-        # long paths of their own. Every event comes a cycle ahead of anything that could read
-        # its counter and see it: that takes a frame to go in, or one to go out.
+        # A cycle late, from flip-flops: each event drives the enables of its count's low bits
+        # in the bank, and the events (the receiver's CRC check, a kernel's handshake) are the
+        # ends of long paths of their own. A read sees an event two cycles after it (a cycle
+        # to the bank, a cycle in its count's low bits), and every event comes
+        # further ahead of anything that could read its counter and see it: that takes a frame
+        # to go in, or one to go out.
         m.d.sync += bank.inc.eq(Cat(incs))
 
         return m

@@ -4,6 +4,7 @@ import random
 from collections import Counter
 
 import pytest
+from amaranth.hdl import ResetInserter, Signal
 from amaranth.sim import Simulator
 
 from hdl.link.counters import CounterBank
@@ -26,20 +27,22 @@ class Model:
         return self.cycle >= 1 and read == self.ptr
 
 
-def run(dut, cycles, traffic, *, seed=0, init=None):
-    """Drive ``dut`` for ``cycles`` cycles and compare every read with the model.
+def run(dut, cycles, traffic, *, seed=0, init=None, reset=None):
+    """Drive ``dut`` for ``cycles`` cycles and compare every read, and the low bits of every
+    count that it keeps in flip-flops, with the model.
 
     ``traffic(rng, cycle, model)`` gives the cycle's increments (a list of bits) and the
     counter to read (or None); a read it asks for is taken when the model says the sweeper is
     there. Returns a Counter of what happened: reads ``taken`` and ``checked``, reads of a
     counter that counted in the cycle the read was taken (``counting``), cycles a read asked
-    for and waited (``waited``), and ``most``, the largest pending count.
+    for and waited (``waited``). ``reset(cycle)``, if given, is the domain reset in a cycle.
     """
     rng = random.Random(seed)
     model = Model(dut.count)
     if init is not None:
         model.counts = list(init)
     stats = Counter()
+    rst = Signal()
 
     async def bench(ctx):
         due = []  # (cycle, expected total) of the reads taken
@@ -56,10 +59,12 @@ def run(dut, cycles, traffic, *, seed=0, init=None):
                 assert not ctx.get(dut.rd_valid), f"cycle {cycle}: unexpected result"
                 if held is not None:
                     assert ctx.get(dut.rd_data) == held, f"cycle {cycle}: rd_data changed"
-            pending = [dut.pending_count(ctx.get(p)) for p in dut.pending]  # ValueError: lost
-            stats["most"] = max(stats["most"], *pending)
+            low = [dut.pending_count(ctx.get(p)) for p in dut.pending]
+            assert low == [c % 2 ** dut.pending_bits for c in model.counts], f"cycle {cycle}"
 
             inc, read = traffic(rng, cycle, model)
+            if reset is not None:
+                ctx.set(rst, reset(cycle))
             ctx.set(dut.inc, sum(bit << i for i, bit in enumerate(inc)))
             ctx.set(dut.rd_en, read is not None)
             ctx.set(dut.rd_addr, read or 0)
@@ -78,7 +83,7 @@ def run(dut, cycles, traffic, *, seed=0, init=None):
             await ctx.tick()
         assert all(when >= cycles for when, _ in due)
 
-    sim = Simulator(dut)
+    sim = Simulator(dut if reset is None else ResetInserter(rst)(dut))
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
@@ -159,34 +164,54 @@ def test_every_counter_every_cycle():
     assert stats["checked"] > 200
 
 
-@pytest.mark.parametrize("count", [1, 2, 6, 10, 13, 16])
-def test_pending_bound(count):
-    # The worst case: every counter counts every cycle (reads come as they may: they do not
-    # hold the sweeper). A step takes the count increments of the cycles since the step before.
+@pytest.mark.parametrize("count", [1, 2, 3, 6, 7, 10, 13, 15, 16])
+def test_every_counter_counting_every_cycle(count):
+    # The worst case: every counter counts every cycle, count times between two steps at it
+    # (reads come as they may: they do not hold the sweeper), and its low bits wrap around
+    # with as few as 2 ** pending_bits - count to spare (none when count is one less than a
+    # power of two).
     dut = CounterBank(count)
+    reader = waiting_reader(count, lambda rng, model: rng.randrange(count))
 
     def traffic(rng, cycle, model):
-        return [1] * count, 0
-    stats = run(dut, 20 * count + 200, traffic)
-    assert stats["checked"] > 0
-    assert stats["most"] == count
+        return [1] * count, reader(rng, model)
+    stats = run(dut, 20 * count + 200, traffic, seed=count)
+    assert stats["checked"] > 10
 
 
 def test_pending_registers_narrow():
-    # A pending count's register holds the count + 1 values from 0 to count in distinct states,
-    # in as many flip-flops as a binary count would take, or (when count + 1 is a power of
-    # two, the one state a linear-feedback register lacks) one more.
+    # The low bits of a count go through every state of as many flip-flops as count needs in
+    # binary, one a shift (the bits but the one shifted in move up one), from 0.
     for count in range(1, 70):
         dut = CounterBank(count)
-        assert dut.pending_bits <= (count + 1).bit_length()
-        assert dut.pending_bits == count.bit_length() or count + 1 == 2 ** count.bit_length()
-        assert len(set(dut.pending_states)) == count + 1 and dut.pending_states[0] == 0
-        assert all(state < 2 ** dut.pending_bits for state in dut.pending_states)
+        bits = dut.pending_bits
+        assert bits == count.bit_length()
+        states = dut.pending_states
+        assert sorted(states) == list(range(2 ** bits)) and states[0] == 0
+        for state, after in zip(states, states[1:] + states[:1], strict=True):
+            assert after >> 1 == state & (2 ** (bits - 1) - 1)
+
+
+def test_reset_changes_no_count():
+    # Domain resets, short and long, while every counter counts; no read is asked for in them.
+    count = 6
+    resets = [(300, 301), (500, 507), (800, 840)]
+
+    def in_reset(cycle):
+        return any(start <= cycle < end for start, end in resets)
+    reader = waiting_reader(count, lambda rng, model: rng.randrange(count), read_rate=0.5)
+
+    def traffic(rng, cycle, model):
+        inc = [int(rng.random() < 0.8) for _ in range(count)]
+        return inc, None if in_reset(cycle) else reader(rng, model)
+    stats = run(CounterBank(count), 1200, traffic, seed=11, reset=in_reset)
+    assert stats["checked"] > 100
 
 
 def test_wraps_modulo_2_32():
     # Totals near the top of their range, preloaded into the RAM, wrap like 32-bit counters.
-    init = [2 ** 32 - 40, 2 ** 32 - 3]
+    # Their low bits are 0, as the flip-flops' are at power-on.
+    init = [2 ** 32 - 40, 2 ** 32 - 4]
 
     class Preloaded(CounterBank):
         def elaborate(self, platform):
