@@ -22,8 +22,8 @@ execute
 send
     builds each response frame (header, payload from a replay slot, the manifest ROM, the
     counters or a register, CRC-32C) one byte per cycle and COBS-encodes it. The counters
-    live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which sees
-    each event a cycle after it happens: each is read from it, as it is when the read is taken,
+    live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which counts
+    each event in the cycle it happens: each is read from it, as it is when the read is taken,
     just before its first byte goes, and the send waits for it (the bank's sweeper reaches the
     counter within a cycle a counter, and the result comes a cycle later).
 
@@ -34,8 +34,8 @@ kernel only enters a few levels of logic before a flip-flop, so the bridge does 
 kernel's critical path. That holds because what the bridge decides around a kernel's
 handshakes is kept in flip-flops, a step ahead: whether the payload is at its end or its last
 byte, whether the replay slot is full or a byte short, whether the watchdog has gone off. A
-kernel's handshakes reach the event counters a cycle late, and what a timeout sets only
-through one flip-flop, the watchdog's verdict.
+kernel's handshakes reach the event counters' flip-flops through no gate, and what a timeout
+sets only through one flip-flop, the watchdog's verdict.
 
 A kernel's response is collected into the replay slot of whichever frame is running on that
 kernel, during every frame of its message, and beyond it by continuation frames:
@@ -1154,12 +1154,11 @@ class LinkBridge(wiring.Component):
         for k_event in k_events:
             assert set(k_event) == set(kernel_events), "a kernel counter has no event"
             incs += [k_event[name] for name in kernel_events]
-        # A cycle late, from flip-flops: each event drives the enables of its count's low bits
-        # in the bank, and the events (the receiver's CRC check, a kernel's handshake) are the
-        # ends of long paths of their own. A read sees an event two cycles after it (a cycle
-        # to the bank, a cycle in its count's low bits), and every event comes
-        # further ahead of anything that could read its counter and see it: that takes a frame
-        # to go in, or one to go out.
-        m.d.sync += bank.inc.eq(Cat(incs))
+        # Each event (the end of a long path of its own: the receiver's CRC check, a kernel's
+        # handshake) goes straight to the enables of its count's low bits in the bank, through
+        # no gate: it ends at flip-flops as it would in a register of its own. A read sees an
+        # event a cycle after it, and every event comes further ahead of anything that could
+        # read its counter and see it: that takes a frame to go in, or one to go out.
+        m.d.comb += bank.inc.eq(Cat(incs))
 
         return m
