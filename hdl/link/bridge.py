@@ -26,8 +26,9 @@ send
     counters or a register, CRC-32C) one byte per cycle (or per ``8 // crc_bits`` cycles) and
     COBS-encodes it. The counters
     live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which counts
-    each event a cycle after it happens: each is read from it, as it is when the read is taken,
-    just before its first byte goes, and the send waits the two cycles that takes.
+    each event in the cycle it happens: each is read from it, as it is when the read is taken,
+    just before its first byte goes, and the send waits for it (the bank's sweeper reaches the
+    counter within a cycle a counter, and the result comes a cycle later).
 
 Kernel traffic is a byte per cycle, packed into and unpacked from each kernel's beats of
 ``width`` bytes. Everything the bridge drives into a kernel comes from its own flip-flops
@@ -36,8 +37,8 @@ kernel only enters a few levels of logic before a flip-flop, so the bridge does 
 kernel's critical path. That holds because what the bridge decides around a kernel's
 handshakes is kept in flip-flops, a step ahead: whether the payload is at its end or its last
 byte, whether the replay slot is full or a byte short, whether the watchdog has gone off. A
-kernel's handshakes reach the event counters a cycle late, and what a timeout sets only
-through one flip-flop, the watchdog's verdict.
+kernel's handshakes reach the event counters' flip-flops through no gate, and what a timeout
+sets only through one flip-flop, the watchdog's verdict.
 
 A kernel's response is collected into the replay slot of whichever frame is running on that
 kernel, during every frame of its message, and beyond it by continuation frames:
@@ -1122,8 +1123,8 @@ class LinkBridge(wiring.Component):
         # Counters: before the first byte of each word, the word is read from the bank (or, for
         # open_message, taken live); the send waits for it. The bank's rd_data holds the word
         # while its bytes go, so they are all of one reading. The read is asked for from
-        # flip-flops (c_go, c_addr, set as the word before ends), since the bank puts its own
-        # multiplexers behind them.
+        # flip-flops (c_go, c_addr, set as the word before ends), since the bank compares
+        # c_addr with its sweeper's position and puts its own logic behind that.
         words = []  # per payload word: its counter in the bank, or the kernel whose in_msg it is
         words += [("bank", i) for i in range(len(LINK_COUNTERS))]
         for k in range(n_kernels):
@@ -1249,10 +1250,11 @@ class LinkBridge(wiring.Component):
         for k_event in k_events:
             assert set(k_event) == set(kernel_events), "a kernel counter has no event"
             incs += [k_event[name] for name in kernel_events]
-        # A cycle late, from flip-flops: the bank picks one event among them for the counter it
-        # steps, and the events (the receiver's CRC check, a kernel's handshake) are the ends of
-        # long paths of their own. Every event comes a cycle ahead of anything that could read
-        # its counter and see it: that takes a frame to go in, or one to go out.
-        m.d.sync += bank.inc.eq(Cat(incs))
+        # Each event (the end of a long path of its own: the receiver's CRC check, a kernel's
+        # handshake) goes straight to the enables of its count's low bits in the bank, through
+        # no gate: it ends at flip-flops as it would in a register of its own. A read sees an
+        # event a cycle after it, and every event comes further ahead of anything that could
+        # read its counter and see it: that takes a frame to go in, or one to go out.
+        m.d.comb += bank.inc.eq(Cat(incs))
 
         return m
