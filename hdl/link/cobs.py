@@ -56,46 +56,43 @@ class CobsDecoder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        remain = Signal(8)  # data bytes still to come in the current block
+        # What the code byte of the current block said, less the data bytes since: 1 when the
+        # next byte is a code byte (the block has no data byte to come). Holding the code byte
+        # itself instead of one less saves a subtractor.
+        remain = Signal(8, init=1)
         zero_pending = Signal()  # the current block stands for a trailing zero
         in_frame = Signal()
+        # The output beat's payload, which means nothing while ``valid`` is low, so it needs no
+        # reset: the flip-flops' reset input is then free to clear ``data`` for a code byte.
+        out = Signal(decoded_layout, reset_less=True)
 
         i, o = self.i_stream, self.o_stream
-        m.d.comb += i.ready.eq(~o.valid | o.ready)
+        m.d.comb += [i.ready.eq(~o.valid | o.ready), o.payload.eq(out)]
         with m.If(o.ready):
             m.d.sync += o.valid.eq(0)
 
+        at_code = remain == 1
         with m.If(i.valid & i.ready):
             byte = i.payload
+            # Whatever the byte, the output beat (if any) is taken: a zero for a code byte (the
+            # zero its block stands for), else the byte; the end beat's data is meaningless.
+            with m.If(at_code):
+                m.d.sync += out.data.eq(0)
+            with m.Else():
+                m.d.sync += out.data.eq(byte)
+            m.d.sync += [out.end.eq(byte == 0), out.bad.eq(~at_code & (byte == 0))]
             with m.If(byte == 0):
-                with m.If(in_frame):
-                    m.d.sync += [
-                        o.valid.eq(1),
-                        o.payload.end.eq(1),
-                        o.payload.bad.eq(remain != 0),
-                    ]
-                m.d.sync += [remain.eq(0), zero_pending.eq(0), in_frame.eq(0)]
-            with m.Elif(remain == 0):
+                m.d.sync += [o.valid.eq(in_frame), remain.eq(1), zero_pending.eq(0),
+                             in_frame.eq(0)]
+            with m.Elif(at_code):
                 m.d.sync += [
-                    remain.eq(byte - 1),
+                    remain.eq(byte),
                     zero_pending.eq(byte != 0xFF),
                     in_frame.eq(1),
+                    o.valid.eq(zero_pending),
                 ]
-                with m.If(zero_pending):
-                    m.d.sync += [
-                        o.valid.eq(1),
-                        o.payload.data.eq(0),
-                        o.payload.end.eq(0),
-                        o.payload.bad.eq(0),
-                    ]
             with m.Else():
-                m.d.sync += [
-                    remain.eq(remain - 1),
-                    o.valid.eq(1),
-                    o.payload.data.eq(byte),
-                    o.payload.end.eq(0),
-                    o.payload.bad.eq(0),
-                ]
+                m.d.sync += [remain.eq(remain - 1), o.valid.eq(1)]
 
         return m
 
