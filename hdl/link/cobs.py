@@ -124,7 +124,9 @@ class CobsEncoder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        # Two blocks of 256 bytes, so a buffer index is the top address bit.
+        # Two blocks of 256 bytes, so a buffer index is the top address bit. A block's data
+        # bytes are at 1 to 254 in its buffer, so that the address of its next byte is also its
+        # code byte were it to end before that byte.
         # Read through ram.read_port: the block being sent is never the one being gathered
         # once the sender reads it (it waits for the block to be full).
         m.submodules.blocks = blocks = Memory(shape=8, depth=512, init=[], attrs=NO_RW_CHECK)
@@ -133,63 +135,65 @@ class CobsEncoder(wiring.Component):
 
         # Each buffer holds a block waiting to be sent, with its code byte and what follows it:
         # nothing (more blocks of the frame), a delimiter, or an empty block and a delimiter.
+        # All but ``full`` mean nothing while a buffer is not full, so they need no reset.
         full = [Signal(name=f"full{b}") for b in range(2)]
-        code = [Signal(8, name=f"code{b}") for b in range(2)]
-        final = [Signal(name=f"final{b}") for b in range(2)]
-        empty_tail = [Signal(name=f"empty_tail{b}") for b in range(2)]
+        code = [Signal(8, reset_less=True, name=f"code{b}") for b in range(2)]
+        final = [Signal(reset_less=True, name=f"final{b}") for b in range(2)]
+        empty_tail = [Signal(reset_less=True, name=f"empty_tail{b}") for b in range(2)]
 
         # Gathering.
         i = self.i_stream
         fbuf = Signal()
-        count = Signal(range(BLOCK_SIZE))
+        count = Signal(8, init=1)  # address of the next byte in the block
+        inc = count + 1
+        take = Signal()
         m.d.comb += [
             i.ready.eq(~Mux(fbuf, full[1], full[0])),
+            take.eq(i.valid & i.ready),
+            # A zero byte is written too (it ends the block, so nothing reads it).
+            wr.en.eq(take),
             wr.addr.eq(Cat(count, fbuf)),
             wr.data.eq(i.payload.data),
         ]
-        end_block = Signal()
-        end_code, end_final, end_tail = Signal(8), Signal(), Signal()
-        with m.If(i.valid & i.ready):
+        with m.If(take):
             last = i.payload.last
-            with m.If(i.payload.data == 0):
-                m.d.comb += [end_block.eq(1), end_code.eq(count + 1),
-                             end_final.eq(last), end_tail.eq(last)]
-            with m.Else():
-                m.d.comb += wr.en.eq(1)
-                with m.If(count == BLOCK_SIZE - 1):
-                    m.d.comb += [end_block.eq(1), end_code.eq(0xFF), end_final.eq(last)]
-                with m.Elif(last):
-                    m.d.comb += [end_block.eq(1), end_code.eq(count + 2), end_final.eq(1)]
-                with m.Else():
-                    m.d.sync += count.eq(count + 1)
-        with m.If(end_block):
-            m.d.sync += [count.eq(0), fbuf.eq(~fbuf)]
+            zero = i.payload.data == 0
             for b in range(2):
                 with m.If(fbuf == b):
-                    m.d.sync += [full[b].eq(1), code[b].eq(end_code),
-                                 final[b].eq(end_final), empty_tail[b].eq(end_tail)]
+                    m.d.sync += code[b].eq(Mux(zero, count, inc))
+            # The 254th non-zero byte (at 254) ends a block of code 255.
+            with m.If(zero | last | (count == BLOCK_SIZE)):
+                m.d.sync += [count.eq(1), fbuf.eq(~fbuf)]
+                for b in range(2):
+                    with m.If(fbuf == b):
+                        m.d.sync += [full[b].eq(1), final[b].eq(last),
+                                     empty_tail[b].eq(last & zero)]
+            with m.Else():
+                m.d.sync += count.eq(inc)
 
         # Sending.
         o = self.o_stream
+        out = Signal(8, reset_less=True)  # meaningless while o.valid is low
+        m.d.comb += o.payload.eq(out)
         ebuf = Signal()
-        ptr = Signal(range(BLOCK_SIZE))
+        # Address of the next byte to read; the read port holds the byte before it.
+        ptr = Signal(8, init=1)
         e_code = Mux(ebuf, code[1], code[0])
+        e_full = Mux(ebuf, full[1], full[0])
         e_final = Mux(ebuf, final[1], final[0])
         e_tail = Mux(ebuf, empty_tail[1], empty_tail[0])
         advance = ~o.valid | o.ready
+        # The byte a block's last beat (its code byte, or the data byte at code - 1) leaves.
+        done = ptr == e_code
+        m.d.comb += [rd.addr.eq(Cat(ptr, ebuf)), rd.en.eq(advance)]
         with m.If(o.ready):
             m.d.sync += o.valid.eq(0)
 
         def emit(byte):
-            m.d.sync += [o.valid.eq(1), o.payload.eq(byte)]
-
-        sending_data = Signal()
-        # The read port always holds the byte at ptr: while sending data it reads ahead by one
-        # whenever a byte leaves.
-        m.d.comb += rd.addr.eq(Cat(Mux(sending_data & advance, ptr + 1, ptr)[:8], ebuf))
+            m.d.sync += [o.valid.eq(1), out.eq(byte), ptr.eq(ptr + 1)]
 
         def block_sent():
-            m.d.sync += [ptr.eq(0), ebuf.eq(~ebuf)]
+            m.d.sync += [ptr.eq(1), ebuf.eq(~ebuf)]
             for b in range(2):
                 with m.If(ebuf == b):
                     m.d.sync += full[b].eq(0)
@@ -202,26 +206,24 @@ class CobsEncoder(wiring.Component):
 
         with m.FSM():
             with m.State("CODE"):
-                with m.If(Mux(ebuf, full[1], full[0]) & advance):
+                with m.If(e_full & advance):
                     emit(e_code)
-                    with m.If(e_code == 1):
+                    with m.If(done):
                         block_sent()
                     with m.Else():
                         m.next = "DATA"
             with m.State("DATA"):
-                m.d.comb += sending_data.eq(1)
                 with m.If(advance):
                     emit(rd.data)
-                    m.d.sync += ptr.eq(ptr + 1)
-                    with m.If(ptr == e_code - 2):
+                    with m.If(done):
                         block_sent()
             with m.State("TAIL"):
                 with m.If(advance):
-                    emit(1)
+                    m.d.sync += [o.valid.eq(1), out.eq(1)]
                     m.next = "DELIMIT"
             with m.State("DELIMIT"):
                 with m.If(advance):
-                    emit(0)
+                    m.d.sync += [o.valid.eq(1), out.eq(0)]
                     m.next = "CODE"
 
         return m
