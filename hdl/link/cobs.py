@@ -9,7 +9,7 @@ zero after it. The encoding here is byte for byte that of the ``cobs`` package o
 non-zero bytes ends with that 255 block, with no empty block after it.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, ResetSignal, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -123,107 +123,111 @@ class CobsEncoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        rst = ResetSignal()
 
         # Two blocks of 256 bytes, so a buffer index is the top address bit. A block's data
-        # bytes are at 1 to 254 in its buffer, so that the address of its next byte is also its
-        # code byte were it to end before that byte.
+        # bytes are at 1 to 254 in its buffer: the address of the next byte of a block is then
+        # the block's code byte should the block end before that byte.
         # Read through ram.read_port: the block being sent is never the one being gathered
         # once the sender reads it (it waits for the block to be full).
         m.submodules.blocks = blocks = Memory(shape=8, depth=512, init=[], attrs=NO_RW_CHECK)
         wr = blocks.write_port()
         rd = read_port(m, blocks, "rd")
 
-        # Each buffer holds a block waiting to be sent, with its code byte and what follows it:
-        # nothing (more blocks of the frame), a delimiter, or an empty block and a delimiter.
-        # All but ``full`` mean nothing while a buffer is not full, so they need no reset.
-        full = [Signal(name=f"full{b}") for b in range(2)]
-        code = [Signal(8, reset_less=True, name=f"code{b}") for b in range(2)]
-        final = [Signal(reset_less=True, name=f"final{b}") for b in range(2)]
-        empty_tail = [Signal(reset_less=True, name=f"empty_tail{b}") for b in range(2)]
+        # The sender's states (see below).
+        CODE, DATA, TAIL, DELIMIT = 0, 1, 2, 3
 
-        # Gathering.
+        # Blocks are gathered into buffer ``fbuf`` and sent from ``ebuf``, alternately, so the
+        # number of full buffers is ``fbuf ^ ebuf`` but for ``both_full``.
+        fbuf, ebuf = Signal(), Signal()
+        both_full = Signal()
+
+        # Each full buffer holds a block waiting to be sent, with its code byte and what follows
+        # it: nothing (more blocks of the frame), a delimiter, or an empty block and a delimiter,
+        # as the sender's state after the block (``after``: CODE, DELIMIT or TAIL). ``after``
+        # means nothing while a buffer is not full, so it needs no reset. A buffer's ``code``
+        # follows its block as it is gathered (1 before the first byte, and one more after each
+        # non-zero byte), so it is right whichever way the block ends, with no adder of its own;
+        # it is set back to 1 once the block is sent, or by reset, by its flip-flops' own reset
+        # input (so it has none from Amaranth).
+        code = [Signal(8, init=1, reset_less=True, name=f"code{b}") for b in range(2)]
+        after = [Signal(2, reset_less=True, name=f"after{b}") for b in range(2)]
+
+        # Gathering. ``count`` is the address of the next byte in the block (so the block's code
+        # byte as it stands), set to 1 by reset or a block's end, a single reset of its register.
         i = self.i_stream
-        fbuf = Signal()
-        count = Signal(8, init=1)  # address of the next byte in the block
-        inc = count + 1
-        take = Signal()
+        count = Signal(8, init=1, reset_less=True)
+        inc = (count + 1)[:8]
+        take, zero, end = Signal(), Signal(), Signal()
         m.d.comb += [
-            i.ready.eq(~Mux(fbuf, full[1], full[0])),
+            i.ready.eq(~both_full),
             take.eq(i.valid & i.ready),
-            # A zero byte is written too (it ends the block, so nothing reads it).
+            zero.eq(i.payload.data == 0),
+            # The 254th non-zero byte (at 254) ends a block of code 255; count is never 255.
+            end.eq(zero | i.payload.last | count[1:].all()),
+            # A zero byte is written too: it ends its block, so nothing reads it.
             wr.en.eq(take),
             wr.addr.eq(Cat(count, fbuf)),
             wr.data.eq(i.payload.data),
         ]
-        with m.If(take):
-            last = i.payload.last
-            zero = i.payload.data == 0
+        with m.If(rst | (take & end)):
+            m.d.sync += count.eq(1)
+        with m.Elif(take):
+            m.d.sync += count.eq(inc)
+        with m.If(take & end):
+            m.d.sync += fbuf.eq(~fbuf)
             for b in range(2):
                 with m.If(fbuf == b):
-                    m.d.sync += code[b].eq(Mux(zero, count, inc))
-            # The 254th non-zero byte (at 254) ends a block of code 255.
-            with m.If(zero | last | (count == BLOCK_SIZE)):
-                m.d.sync += [count.eq(1), fbuf.eq(~fbuf)]
-                for b in range(2):
-                    with m.If(fbuf == b):
-                        m.d.sync += [full[b].eq(1), final[b].eq(last),
-                                     empty_tail[b].eq(last & zero)]
-            with m.Else():
-                m.d.sync += count.eq(inc)
+                    m.d.sync += after[b].eq(Mux(i.payload.last, Mux(zero, TAIL, DELIMIT), CODE))
 
-        # Sending.
+        # Sending, from buffer ``ebuf``: the block's code byte (state CODE, once the buffer is
+        # full), its data bytes (DATA), and after a frame's last block the empty block (TAIL)
+        # and the delimiter (DELIMIT).
         o = self.o_stream
-        out = Signal(8, reset_less=True)  # meaningless while o.valid is low
+        state = Signal(2, init=CODE)
+        in_block = ~state[1]
+        out = Signal(8, reset_less=True)  # means nothing while o.valid is low
         m.d.comb += o.payload.eq(out)
-        ebuf = Signal()
-        # Address of the next byte to read; the read port holds the byte before it.
-        ptr = Signal(8, init=1)
+        # The address of the next data byte to read: the read port holds the one before it
+        # while it waits for the output. It is 1 in state CODE.
+        ptr = Signal(8, init=1, reset_less=True)
         e_code = Mux(ebuf, code[1], code[0])
-        e_full = Mux(ebuf, full[1], full[0])
-        e_final = Mux(ebuf, final[1], final[0])
-        e_tail = Mux(ebuf, empty_tail[1], empty_tail[0])
+        e_full = (fbuf ^ ebuf) | both_full
         advance = ~o.valid | o.ready
-        # The byte a block's last beat (its code byte, or the data byte at code - 1) leaves.
-        done = ptr == e_code
+        emit = advance & (~in_block | state[0] | e_full)
+        # The beat leaving is the block's last: its code byte (code 1), or the data byte at
+        # code - 1.
+        release = emit & in_block & (ptr == e_code)
         m.d.comb += [rd.addr.eq(Cat(ptr, ebuf)), rd.en.eq(advance)]
-        with m.If(o.ready):
-            m.d.sync += o.valid.eq(0)
 
-        def emit(byte):
-            m.d.sync += [o.valid.eq(1), out.eq(byte), ptr.eq(ptr + 1)]
-
-        def block_sent():
-            m.d.sync += [ptr.eq(1), ebuf.eq(~ebuf)]
-            for b in range(2):
-                with m.If(ebuf == b):
-                    m.d.sync += full[b].eq(0)
-            with m.If(~e_final):
-                m.next = "CODE"
-            with m.Elif(e_tail):
-                m.next = "TAIL"
+        with m.If(advance):
+            m.d.sync += [
+                o.valid.eq(emit),
+                # TAIL sends 1, DELIMIT 0.
+                out.eq(Mux(state[1], ~state[0], Mux(state[0], rd.data, e_code))),
+            ]
+        with m.If(rst | release):
+            m.d.sync += ptr.eq(1)
+        with m.Elif(emit & in_block):
+            m.d.sync += ptr.eq(ptr + 1)
+        with m.If(emit):
+            with m.If(~in_block):
+                m.d.sync += state.eq(Mux(state[0], CODE, DELIMIT))
+            with m.Elif(release):
+                m.d.sync += state.eq(Mux(ebuf, after[1], after[0]))
             with m.Else():
-                m.next = "DELIMIT"
-
-        with m.FSM():
-            with m.State("CODE"):
-                with m.If(e_full & advance):
-                    emit(e_code)
-                    with m.If(done):
-                        block_sent()
-                    with m.Else():
-                        m.next = "DATA"
-            with m.State("DATA"):
-                with m.If(advance):
-                    emit(rd.data)
-                    with m.If(done):
-                        block_sent()
-            with m.State("TAIL"):
-                with m.If(advance):
-                    m.d.sync += [o.valid.eq(1), out.eq(1)]
-                    m.next = "DELIMIT"
-            with m.State("DELIMIT"):
-                with m.If(advance):
-                    m.d.sync += [o.valid.eq(1), out.eq(0)]
-                    m.next = "CODE"
+                m.d.sync += state.eq(DATA)
+        with m.If(release):
+            m.d.sync += ebuf.eq(~ebuf)
+        # Two full buffers after a block ends while one waits, until one is sent.
+        with m.If(release):
+            m.d.sync += both_full.eq(0)
+        with m.Elif(take & end & (fbuf ^ ebuf)):
+            m.d.sync += both_full.eq(1)
+        for b in range(2):
+            with m.If(rst | (release & (ebuf == b))):
+                m.d.sync += code[b].eq(1)
+            with m.Elif(take & ~zero & (fbuf == b)):
+                m.d.sync += code[b].eq(inc)
 
         return m
