@@ -129,60 +129,77 @@ class CobsEncoder(wiring.Component):
         # bytes are at 1 to 254 in its buffer: the address of the next byte of a block is then
         # the block's code byte should the block end before that byte.
         # Read through ram.read_port: the block being sent is never the one being gathered
-        # once the sender reads it (it waits for the block to be full).
+        # (the sender reads only a block handed over to it, below).
         m.submodules.blocks = blocks = Memory(shape=8, depth=512, init=[], attrs=NO_RW_CHECK)
         wr = blocks.write_port()
         rd = read_port(m, blocks, "rd")
 
-        # The sender's states (see below).
+        # The sender's states (see below), also what comes after a block: more blocks of the
+        # frame (CODE), the delimiter, or an empty block and the delimiter (TAIL).
         CODE, DATA, TAIL, DELIMIT = 0, 1, 2, 3
 
-        # Blocks are gathered into buffer ``fbuf`` and sent from ``ebuf``, alternately, so the
-        # number of full buffers is ``fbuf ^ ebuf`` but for ``both_full``.
-        fbuf, ebuf = Signal(), Signal()
-        both_full = Signal()
-
-        # Each full buffer holds a block waiting to be sent, with its code byte and what follows
-        # it: nothing (more blocks of the frame), a delimiter, or an empty block and a delimiter,
-        # as the sender's state after the block (``after``: CODE, DELIMIT or TAIL). ``after``
-        # means nothing while a buffer is not full, so it needs no reset. A buffer's ``code``
-        # follows its block as it is gathered (1 before the first byte, and one more after each
-        # non-zero byte), so it is right whichever way the block ends, with no adder of its own;
-        # it is set back to 1 once the block is sent, or by reset, by its flip-flops' own reset
-        # input (so it has none from Amaranth).
-        code = [Signal(8, init=1, reset_less=True, name=f"code{b}") for b in range(2)]
-        after = [Signal(2, reset_less=True, name=f"after{b}") for b in range(2)]
+        # A block ends in the gatherer, in buffer ``fbuf``, and is handed over to the sender:
+        # its code byte to ``code``, what comes after it to ``after``, and the gatherer goes on
+        # in the other buffer. The sender sends the block from buffer ``~fbuf``. While the sender
+        # holds a block it has not finished sending, a block that ends waits in the gatherer
+        # (``parked``, with its code in ``count`` and what comes after in ``g_after``) until the
+        # sender's block leaves: the gatherer takes no byte then, having no free buffer.
+        # Registers that mean nothing until a block is handed over need no reset.
+        held = Signal()  # the sender holds a block, in ~fbuf, from its code byte to its last
+        parked = Signal()
+        code = Signal(8, reset_less=True)
+        after = Signal(2, reset_less=True)
+        g_after = Signal(2, reset_less=True)
+        release = Signal()  # the sender's block leaves with this beat
+        handover = Signal()
 
         # Gathering. ``count`` is the address of the next byte in the block (so the block's code
-        # byte as it stands), set to 1 by reset or a block's end, a single reset of its register.
+        # byte as it stands), set to 1 by reset or a handover, a single reset of its register.
         i = self.i_stream
+        fbuf = Signal()
         count = Signal(8, init=1, reset_less=True)
         inc = (count + 1)[:8]
         take, zero, end = Signal(), Signal(), Signal()
+        accept = ~held | release
         m.d.comb += [
-            i.ready.eq(~both_full),
+            i.ready.eq(~parked),
             take.eq(i.valid & i.ready),
             zero.eq(i.payload.data == 0),
-            # The 254th non-zero byte (at 254) ends a block of code 255; count is never 255.
+            # The 254th non-zero byte (at 254) ends a block of code 255; count is never 255
+            # while the gatherer takes a byte.
             end.eq(zero | i.payload.last | count[1:].all()),
+            handover.eq((parked | (take & end)) & accept),
             # A zero byte is written too: it ends its block, so nothing reads it.
             wr.en.eq(take),
             wr.addr.eq(Cat(count, fbuf)),
             wr.data.eq(i.payload.data),
         ]
-        with m.If(rst | (take & end)):
+        with m.If(rst | handover):
             m.d.sync += count.eq(1)
-        with m.Elif(take):
+        with m.Elif(take & ~zero):
             m.d.sync += count.eq(inc)
         with m.If(take & end):
-            m.d.sync += fbuf.eq(~fbuf)
-            for b in range(2):
-                with m.If(fbuf == b):
-                    m.d.sync += after[b].eq(Mux(i.payload.last, Mux(zero, TAIL, DELIMIT), CODE))
+            m.d.sync += g_after.eq(Mux(i.payload.last, Mux(zero, TAIL, DELIMIT), CODE))
+            with m.If(~accept):
+                m.d.sync += parked.eq(1)
+        with m.If(handover):
+            m.d.sync += [
+                fbuf.eq(~fbuf),
+                parked.eq(0),
+                # A parked block's code is in count; a block that ends now ends with count
+                # (at a zero byte) or with this byte (count + 1).
+                code.eq(Mux(parked | zero, count, inc)),
+                after.eq(Mux(parked, g_after,
+                             Mux(i.payload.last, Mux(zero, TAIL, DELIMIT), CODE))),
+            ]
+        with m.If(handover):
+            m.d.sync += held.eq(1)
+        with m.Elif(release):
+            m.d.sync += held.eq(0)
 
-        # Sending, from buffer ``ebuf``: the block's code byte (state CODE, once the buffer is
-        # full), its data bytes (DATA), and after a frame's last block the empty block (TAIL)
-        # and the delimiter (DELIMIT).
+        # Sending: the block's code byte (state CODE, once it holds a block), its data bytes
+        # (DATA), and after a frame's last block the empty block (TAIL) and the delimiter
+        # (DELIMIT). The next block may be handed over while it sends the last two.
         o = self.o_stream
         state = Signal(2, init=CODE)
         in_block = ~state[1]
@@ -191,20 +208,21 @@ class CobsEncoder(wiring.Component):
         # The address of the next data byte to read: the read port holds the one before it
         # while it waits for the output. It is 1 in state CODE.
         ptr = Signal(8, init=1, reset_less=True)
-        e_code = Mux(ebuf, code[1], code[0])
-        e_full = (fbuf ^ ebuf) | both_full
         advance = ~o.valid | o.ready
-        emit = advance & (~in_block | state[0] | e_full)
+        emit = advance & (~in_block | state[0] | held)
         # The beat leaving is the block's last: its code byte (code 1), or the data byte at
         # code - 1.
-        release = emit & in_block & (ptr == e_code)
-        m.d.comb += [rd.addr.eq(Cat(ptr, ebuf)), rd.en.eq(advance)]
+        m.d.comb += [
+            release.eq(emit & in_block & (ptr == code)),
+            rd.addr.eq(Cat(ptr, ~fbuf)),
+            rd.en.eq(advance),
+        ]
 
         with m.If(advance):
             m.d.sync += [
                 o.valid.eq(emit),
                 # TAIL sends 1, DELIMIT 0.
-                out.eq(Mux(state[1], ~state[0], Mux(state[0], rd.data, e_code))),
+                out.eq(Mux(state[1], ~state[0], Mux(state[0], rd.data, code))),
             ]
         with m.If(rst | release):
             m.d.sync += ptr.eq(1)
@@ -214,20 +232,8 @@ class CobsEncoder(wiring.Component):
             with m.If(~in_block):
                 m.d.sync += state.eq(Mux(state[0], CODE, DELIMIT))
             with m.Elif(release):
-                m.d.sync += state.eq(Mux(ebuf, after[1], after[0]))
+                m.d.sync += state.eq(after)
             with m.Else():
                 m.d.sync += state.eq(DATA)
-        with m.If(release):
-            m.d.sync += ebuf.eq(~ebuf)
-        # Two full buffers after a block ends while one waits, until one is sent.
-        with m.If(release):
-            m.d.sync += both_full.eq(0)
-        with m.Elif(take & end & (fbuf ^ ebuf)):
-            m.d.sync += both_full.eq(1)
-        for b in range(2):
-            with m.If(rst | (release & (ebuf == b))):
-                m.d.sync += code[b].eq(1)
-            with m.Elif(take & ~zero & (fbuf == b)):
-                m.d.sync += code[b].eq(inc)
 
         return m
