@@ -158,8 +158,11 @@ class CobsEncoder(wiring.Component):
         i = self.i_stream
         fbuf = Signal()
         count = Signal(8, init=1, reset_less=True)
-        inc = (count + 1)[:8]
         take, zero, end = Signal(), Signal(), Signal()
+        # count + 1 past a non-zero byte, else count: what count becomes after a byte, and the
+        # code of a block handed over as it ends (at a zero byte, count) or from where it
+        # waits (count, there being no byte then); a single adder with no multiplexer.
+        inc = (count + (~zero & ~parked))[:8]
         accept = ~held | release
         m.d.comb += [
             i.ready.eq(~parked),
@@ -186,9 +189,9 @@ class CobsEncoder(wiring.Component):
             m.d.sync += [
                 fbuf.eq(~fbuf),
                 parked.eq(0),
-                # A parked block's code is in count; a block that ends now ends with count
-                # (at a zero byte) or with this byte (count + 1).
-                code.eq(Mux(parked | zero, count, inc)),
+                # A parked block's code is count; a block that ends now has count (at a zero
+                # byte) or count + 1 (at a non-zero byte, the last or the 254th): inc, each.
+                code.eq(inc),
                 after.eq(Mux(parked, g_after,
                              Mux(i.payload.last, Mux(zero, TAIL, DELIMIT), CODE))),
             ]
