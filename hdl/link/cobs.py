@@ -128,8 +128,8 @@ class CobsEncoder(wiring.Component):
         # Two blocks of 256 bytes, so a buffer index is the top address bit. A block's data
         # bytes are at 1 to 254 in its buffer: the address of the next byte of a block is then
         # the block's code byte should the block end before that byte.
-        # Read through ram.read_port: the block being sent is never the one being gathered
-        # (the sender reads only a block handed over to it, below).
+        # Read through ram.read_port: the sender reads buffer ~fbuf and the gatherer writes
+        # buffer fbuf (below), so no byte is read as it is written.
         m.submodules.blocks = blocks = Memory(shape=8, depth=512, init=[], attrs=NO_RW_CHECK)
         wr = blocks.write_port()
         rd = read_port(m, blocks, "rd")
