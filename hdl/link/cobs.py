@@ -9,7 +9,7 @@ zero after it. The encoding here is byte for byte that of the ``cobs`` package o
 non-zero bytes ends with that 255 block, with no empty block after it.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, ResetSignal, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -56,46 +56,43 @@ class CobsDecoder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        remain = Signal(8)  # data bytes still to come in the current block
+        # What the code byte of the current block said, less the data bytes since: 1 when the
+        # next byte is a code byte (the block has no data byte to come). Holding the code byte
+        # itself instead of one less saves a subtractor.
+        remain = Signal(8, init=1)
         zero_pending = Signal()  # the current block stands for a trailing zero
         in_frame = Signal()
+        # The output beat's payload, which means nothing while ``valid`` is low, so it needs no
+        # reset: the flip-flops' reset input is then free to clear ``data`` for a code byte.
+        out = Signal(decoded_layout, reset_less=True)
 
         i, o = self.i_stream, self.o_stream
-        m.d.comb += i.ready.eq(~o.valid | o.ready)
+        m.d.comb += [i.ready.eq(~o.valid | o.ready), o.payload.eq(out)]
         with m.If(o.ready):
             m.d.sync += o.valid.eq(0)
 
+        at_code = remain == 1
         with m.If(i.valid & i.ready):
             byte = i.payload
+            # Whatever the byte, the output beat (if any) is taken: a zero for a code byte (the
+            # zero its block stands for), else the byte; the end beat's data is meaningless.
+            with m.If(at_code):
+                m.d.sync += out.data.eq(0)
+            with m.Else():
+                m.d.sync += out.data.eq(byte)
+            m.d.sync += [out.end.eq(byte == 0), out.bad.eq(~at_code & (byte == 0))]
             with m.If(byte == 0):
-                with m.If(in_frame):
-                    m.d.sync += [
-                        o.valid.eq(1),
-                        o.payload.end.eq(1),
-                        o.payload.bad.eq(remain != 0),
-                    ]
-                m.d.sync += [remain.eq(0), zero_pending.eq(0), in_frame.eq(0)]
-            with m.Elif(remain == 0):
+                m.d.sync += [o.valid.eq(in_frame), remain.eq(1), zero_pending.eq(0),
+                             in_frame.eq(0)]
+            with m.Elif(at_code):
                 m.d.sync += [
-                    remain.eq(byte - 1),
+                    remain.eq(byte),
                     zero_pending.eq(byte != 0xFF),
                     in_frame.eq(1),
+                    o.valid.eq(zero_pending),
                 ]
-                with m.If(zero_pending):
-                    m.d.sync += [
-                        o.valid.eq(1),
-                        o.payload.data.eq(0),
-                        o.payload.end.eq(0),
-                        o.payload.bad.eq(0),
-                    ]
             with m.Else():
-                m.d.sync += [
-                    remain.eq(remain - 1),
-                    o.valid.eq(1),
-                    o.payload.data.eq(byte),
-                    o.payload.end.eq(0),
-                    o.payload.bad.eq(0),
-                ]
+                m.d.sync += [remain.eq(remain - 1), o.valid.eq(1)]
 
         return m
 
@@ -126,105 +123,120 @@ class CobsEncoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        rst = ResetSignal()
 
-        # Two blocks of 256 bytes, so a buffer index is the top address bit.
-        # Read through ram.read_port: the block being sent is never the one being gathered
-        # once the sender reads it (it waits for the block to be full).
+        # Two blocks of 256 bytes, so a buffer index is the top address bit. A block's data
+        # bytes are at 1 to 254 in its buffer: the address of the next byte of a block is then
+        # the block's code byte should the block end before that byte.
+        # Read through ram.read_port: the sender reads buffer ~fbuf and the gatherer writes
+        # buffer fbuf (below), so no byte is read as it is written.
         m.submodules.blocks = blocks = Memory(shape=8, depth=512, init=[], attrs=NO_RW_CHECK)
         wr = blocks.write_port()
         rd = read_port(m, blocks, "rd")
 
-        # Each buffer holds a block waiting to be sent, with its code byte and what follows it:
-        # nothing (more blocks of the frame), a delimiter, or an empty block and a delimiter.
-        full = [Signal(name=f"full{b}") for b in range(2)]
-        code = [Signal(8, name=f"code{b}") for b in range(2)]
-        final = [Signal(name=f"final{b}") for b in range(2)]
-        empty_tail = [Signal(name=f"empty_tail{b}") for b in range(2)]
+        # The sender's states (see below), also what comes after a block: more blocks of the
+        # frame (CODE), the delimiter, or an empty block and the delimiter (TAIL).
+        CODE, DATA, TAIL, DELIMIT = 0, 1, 2, 3
 
-        # Gathering.
+        # A block ends in the gatherer, in buffer ``fbuf``, and is handed over to the sender:
+        # its code byte to ``code``, what comes after it to ``after``, and the gatherer goes on
+        # in the other buffer. The sender sends the block from buffer ``~fbuf``. While the sender
+        # holds a block it has not finished sending, a block that ends waits in the gatherer
+        # (``parked``, with its code in ``count`` and what comes after in ``g_after``) until the
+        # sender's block leaves: the gatherer takes no byte then, having no free buffer.
+        # Registers that mean nothing until a block is handed over need no reset.
+        held = Signal()  # the sender holds a block, in ~fbuf, from its code byte to its last
+        parked = Signal()
+        code = Signal(8, reset_less=True)
+        after = Signal(2, reset_less=True)
+        g_after = Signal(2, reset_less=True)
+        release = Signal()  # the sender's block leaves with this beat
+        handover = Signal()
+
+        # Gathering. ``count`` is the address of the next byte in the block (so the block's code
+        # byte as it stands), set to 1 by reset or a handover, a single reset of its register.
         i = self.i_stream
         fbuf = Signal()
-        count = Signal(range(BLOCK_SIZE))
+        count = Signal(8, init=1, reset_less=True)
+        take, zero, end = Signal(), Signal(), Signal()
+        # count + 1 past a non-zero byte, else count: what count becomes after a byte, and the
+        # code of a block handed over as it ends (at a zero byte, count) or from where it
+        # waits (count, there being no byte then); a single adder with no multiplexer.
+        inc = (count + (~zero & ~parked))[:8]
+        accept = ~held | release
         m.d.comb += [
-            i.ready.eq(~Mux(fbuf, full[1], full[0])),
+            i.ready.eq(~parked),
+            take.eq(i.valid & i.ready),
+            zero.eq(i.payload.data == 0),
+            # The 254th non-zero byte (at 254) ends a block of code 255; count is never 255
+            # while the gatherer takes a byte.
+            end.eq(zero | i.payload.last | count[1:].all()),
+            handover.eq((parked | (take & end)) & accept),
+            # A zero byte is written too: it ends its block, so nothing reads it.
+            wr.en.eq(take),
             wr.addr.eq(Cat(count, fbuf)),
             wr.data.eq(i.payload.data),
         ]
-        end_block = Signal()
-        end_code, end_final, end_tail = Signal(8), Signal(), Signal()
-        with m.If(i.valid & i.ready):
-            last = i.payload.last
-            with m.If(i.payload.data == 0):
-                m.d.comb += [end_block.eq(1), end_code.eq(count + 1),
-                             end_final.eq(last), end_tail.eq(last)]
-            with m.Else():
-                m.d.comb += wr.en.eq(1)
-                with m.If(count == BLOCK_SIZE - 1):
-                    m.d.comb += [end_block.eq(1), end_code.eq(0xFF), end_final.eq(last)]
-                with m.Elif(last):
-                    m.d.comb += [end_block.eq(1), end_code.eq(count + 2), end_final.eq(1)]
-                with m.Else():
-                    m.d.sync += count.eq(count + 1)
-        with m.If(end_block):
-            m.d.sync += [count.eq(0), fbuf.eq(~fbuf)]
-            for b in range(2):
-                with m.If(fbuf == b):
-                    m.d.sync += [full[b].eq(1), code[b].eq(end_code),
-                                 final[b].eq(end_final), empty_tail[b].eq(end_tail)]
+        with m.If(rst | handover):
+            m.d.sync += count.eq(1)
+        with m.Elif(take & ~zero):
+            m.d.sync += count.eq(inc)
+        with m.If(take & end):
+            m.d.sync += g_after.eq(Mux(i.payload.last, Mux(zero, TAIL, DELIMIT), CODE))
+            with m.If(~accept):
+                m.d.sync += parked.eq(1)
+        with m.If(handover):
+            m.d.sync += [
+                fbuf.eq(~fbuf),
+                parked.eq(0),
+                # A parked block's code is count; a block that ends now has count (at a zero
+                # byte) or count + 1 (at a non-zero byte, the last or the 254th): inc, each.
+                code.eq(inc),
+                after.eq(Mux(parked, g_after,
+                             Mux(i.payload.last, Mux(zero, TAIL, DELIMIT), CODE))),
+            ]
+        with m.If(handover):
+            m.d.sync += held.eq(1)
+        with m.Elif(release):
+            m.d.sync += held.eq(0)
 
-        # Sending.
+        # Sending: the block's code byte (state CODE, once it holds a block), its data bytes
+        # (DATA), and after a frame's last block the empty block (TAIL) and the delimiter
+        # (DELIMIT). The next block may be handed over while it sends the last two.
         o = self.o_stream
-        ebuf = Signal()
-        ptr = Signal(range(BLOCK_SIZE))
-        e_code = Mux(ebuf, code[1], code[0])
-        e_final = Mux(ebuf, final[1], final[0])
-        e_tail = Mux(ebuf, empty_tail[1], empty_tail[0])
+        state = Signal(2, init=CODE)
+        in_block = ~state[1]
+        out = Signal(8, reset_less=True)  # means nothing while o.valid is low
+        m.d.comb += o.payload.eq(out)
+        # The address of the next data byte to read: the read port holds the one before it
+        # while it waits for the output. It is 1 in state CODE.
+        ptr = Signal(8, init=1, reset_less=True)
         advance = ~o.valid | o.ready
-        with m.If(o.ready):
-            m.d.sync += o.valid.eq(0)
+        emit = advance & (~in_block | state[0] | held)
+        # The beat leaving is the block's last: its code byte (code 1), or the data byte at
+        # code - 1.
+        m.d.comb += [
+            release.eq(emit & in_block & (ptr == code)),
+            rd.addr.eq(Cat(ptr, ~fbuf)),
+            rd.en.eq(advance),
+        ]
 
-        def emit(byte):
-            m.d.sync += [o.valid.eq(1), o.payload.eq(byte)]
-
-        sending_data = Signal()
-        # The read port always holds the byte at ptr: while sending data it reads ahead by one
-        # whenever a byte leaves.
-        m.d.comb += rd.addr.eq(Cat(Mux(sending_data & advance, ptr + 1, ptr)[:8], ebuf))
-
-        def block_sent():
-            m.d.sync += [ptr.eq(0), ebuf.eq(~ebuf)]
-            for b in range(2):
-                with m.If(ebuf == b):
-                    m.d.sync += full[b].eq(0)
-            with m.If(~e_final):
-                m.next = "CODE"
-            with m.Elif(e_tail):
-                m.next = "TAIL"
+        with m.If(advance):
+            m.d.sync += [
+                o.valid.eq(emit),
+                # TAIL sends 1, DELIMIT 0.
+                out.eq(Mux(state[1], ~state[0], Mux(state[0], rd.data, code))),
+            ]
+        with m.If(rst | release):
+            m.d.sync += ptr.eq(1)
+        with m.Elif(emit & in_block):
+            m.d.sync += ptr.eq(ptr + 1)
+        with m.If(emit):
+            with m.If(~in_block):
+                m.d.sync += state.eq(Mux(state[0], CODE, DELIMIT))
+            with m.Elif(release):
+                m.d.sync += state.eq(after)
             with m.Else():
-                m.next = "DELIMIT"
-
-        with m.FSM():
-            with m.State("CODE"):
-                with m.If(Mux(ebuf, full[1], full[0]) & advance):
-                    emit(e_code)
-                    with m.If(e_code == 1):
-                        block_sent()
-                    with m.Else():
-                        m.next = "DATA"
-            with m.State("DATA"):
-                m.d.comb += sending_data.eq(1)
-                with m.If(advance):
-                    emit(rd.data)
-                    m.d.sync += ptr.eq(ptr + 1)
-                    with m.If(ptr == e_code - 2):
-                        block_sent()
-            with m.State("TAIL"):
-                with m.If(advance):
-                    emit(1)
-                    m.next = "DELIMIT"
-            with m.State("DELIMIT"):
-                with m.If(advance):
-                    emit(0)
-                    m.next = "CODE"
+                m.d.sync += state.eq(DATA)
 
         return m

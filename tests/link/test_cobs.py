@@ -116,3 +116,84 @@ def test_encoder_matches_cobs_package(idle, backpressure):
 
     _simulate(dut, source, sink)
     assert bytes(got) == expected
+
+
+@pytest.mark.parametrize("frames", [
+    [bytes(300)],  # blocks of code 1, one after the other
+    [b"\x11\x22\x00" * 100 + b"\x33"],  # blocks as long as what they take in
+    [bytes([7]) * 254 + b"\x00", b"\x00", b"\x05\x00\x06", bytes(2)],  # ends and tails
+])
+def test_encoder_output_has_no_gap(frames):
+    """Fed a byte every cycle and never held up, the encoder sends a byte every cycle from its
+    first to its last once the blocks it sends are no shorter than what comes in meanwhile: no
+    cycle is lost between blocks, before the empty block or the delimiter."""
+    expected = b"".join(cobs.encode(frame) + b"\x00" for frame in frames)
+    dut = CobsEncoder()
+    got, valid_cycles = [], []
+
+    async def source(ctx):
+        beats = [{"data": byte, "last": int(i == len(frame) - 1)}
+                 for frame in frames for i, byte in enumerate(frame)]
+        await stream_send(ctx, dut.i_stream, beats)
+
+    async def sink(ctx):
+        ctx.set(dut.o_stream.ready, 1)
+        cycle = 0
+        while len(got) < len(expected) and cycle < 4 * len(expected):
+            _, _, valid, payload = await ctx.tick().sample(dut.o_stream.valid,
+                                                           dut.o_stream.payload)
+            if valid:
+                got.append(payload)
+                valid_cycles.append(cycle)
+            cycle += 1
+
+    _simulate(dut, source, sink)
+    assert bytes(got) == expected
+    assert valid_cycles[-1] - valid_cycles[0] == len(expected) - 1
+
+
+@pytest.mark.parametrize("seed, idle, backpressure", [(3, 0.0, 0.8), (4, 0.8, 0.0), (5, 0.5, 0.5)])
+def test_encoder_decoder_under_random_stalls(seed, idle, backpressure):
+    """The encoder's output, as the ``cobs`` package encodes, through the decoder back to the
+    frames, with either end of each stalling at random."""
+    rng = random.Random(seed)
+    frames = _frames(rng)
+    expected = b"".join(cobs.encode(frame) + b"\x00" for frame in frames)
+    enc, dec = CobsEncoder(), CobsDecoder()
+    encoded, decoded = [], []
+
+    async def source(ctx):
+        beats = [{"data": byte, "last": int(i == len(frame) - 1)}
+                 for frame in frames for i, byte in enumerate(frame)]
+        await stream_send(ctx, enc.i_stream, beats, rng=rng, idle=idle)
+
+    async def sink(ctx):
+        await stream_recv(ctx, enc.o_stream, encoded, rng=rng, backpressure=backpressure,
+                          until=lambda out: len(out) == len(expected), cycles=40 * len(expected))
+
+    _simulate(enc, source, sink)
+    assert bytes(encoded) == expected
+
+    async def dec_source(ctx):
+        await stream_send(ctx, dec.i_stream, expected, rng=rng, idle=idle)
+
+    async def dec_sink(ctx):
+        ends = [0]
+
+        def done(out):
+            ends[0] += out[-1].end
+            return ends[0] == len(frames)
+        await stream_recv(ctx, dec.o_stream, decoded, rng=rng, backpressure=backpressure,
+                          until=done, cycles=40 * len(expected))
+
+    _simulate(dec, dec_source, dec_sink)
+    got, frame = [], bytearray()
+    for beat in decoded:
+        if beat.end:
+            assert not beat.bad
+            got.append(bytes(frame))
+            frame.clear()
+        else:
+            assert not beat.bad
+            frame.append(beat.data)
+    assert got == frames
