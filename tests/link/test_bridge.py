@@ -558,16 +558,22 @@ class FramesThroughCobs(wiring.Component):
         return m
 
 
-def test_the_frames_framing_answers_as_the_cobs_one():
-    """The UDP link's bridge (whole frames in and out) gives the same responses, byte for byte,
-    as the UART's to the same traffic: calls, a retry, a bad CRC, a sync, the counters."""
-    rng = random.Random(8)
+def mixed_calls(rng, count=10):
+    """``count`` calls (sequence numbers from 0) to the CRC and echo kernels, some retried."""
     chunks = []
-    for seq in range(10):
+    for seq in range(count):
         kernel = rng.choice([CRC1, CRC4, ECHO])
         chunks.append(ref_request(kernel, seq, b"\x01" + rng.randbytes(rng.randrange(0, 40))))
         if rng.random() < 0.3:
             chunks.append(chunks[-1])  # a retry: replayed
+    return chunks
+
+
+def test_the_frames_framing_answers_as_the_cobs_one():
+    """The UDP link's bridge (whole frames in and out) gives the same responses, byte for byte,
+    as the UART's to the same traffic: calls, a retry, a bad CRC, a sync, the counters."""
+    rng = random.Random(8)
+    chunks = mixed_calls(rng)
     damaged = bytearray(ref_request(CRC1, 10, b"lost"))
     damaged[3] ^= 0x40
     chunks += [bytes(damaged), sync_request(0x4000_0000, nonce=7), counters_request()]
@@ -588,12 +594,7 @@ def test_slower_crcs_answer_as_the_byte_one(crc_bits):
     backpressure: calls, retries, a damaged frame, a half frame dropped, a sync, the counters.
     Back to back, a byte takes ``8 // crc_bits`` cycles at most."""
     rng = random.Random(10 + crc_bits)
-    chunks = []
-    for seq in range(10):
-        kernel = rng.choice([CRC1, CRC4, ECHO])
-        chunks.append(ref_request(kernel, seq, b"\x01" + rng.randbytes(rng.randrange(0, 40))))
-        if rng.random() < 0.3:
-            chunks.append(chunks[-1])  # a retry: replayed
+    chunks = mixed_calls(rng)
     damaged = bytearray(ref_request(CRC1, 10, b"lost"))
     damaged[5] ^= 0x08
     half = ref_request(CRC4, 10, b"half")[:9]

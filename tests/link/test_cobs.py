@@ -24,6 +24,12 @@ def _frames(rng):
     return frames
 
 
+def _frame_beats(frames):
+    """The encoder's input beats for ``frames``: a byte a beat, ``last`` on each frame's end."""
+    return [{"data": byte, "last": int(i == len(frame) - 1)}
+            for frame in frames for i, byte in enumerate(frame)]
+
+
 def _simulate(dut, source, sink):
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -32,15 +38,12 @@ def _simulate(dut, source, sink):
     sim.run()
 
 
-@pytest.mark.parametrize("idle, backpressure", [(0.0, 0.0), (0.3, 0.5)])
-def test_decoder_round_trip(idle, backpressure):
-    rng = random.Random(1)
-    frames = _frames(rng)
-    # Empty frames (a flush) between frames give nothing.
-    link = b"\x00".join(cobs.encode(frame) for frame in frames) + b"\x00\x00"
+def _decode(link, frames, rng, *, idle, backpressure, cycles):
+    """Decode ``link`` (holding ``frames``) with random gaps and stalls; the frames decoded,
+    each checked not bad, and the cycles it took."""
     dut = CobsDecoder()
     beats = []
-    cycles = [0]
+    count = [0]
 
     async def source(ctx):
         await stream_send(ctx, dut.i_stream, link, rng=rng, idle=idle)
@@ -52,12 +55,12 @@ def test_decoder_round_trip(idle, backpressure):
             ends[0] += out[-1].end
             return ends[0] == len(frames)
         await stream_recv(ctx, dut.o_stream, beats, rng=rng, backpressure=backpressure,
-                          until=done, cycles=10 * len(link))
+                          until=done, cycles=cycles)
 
     async def clock(ctx):
         while True:
             await ctx.tick()
-            cycles[0] += 1
+            count[0] += 1
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -68,16 +71,27 @@ def test_decoder_round_trip(idle, backpressure):
 
     got, frame = [], bytearray()
     for beat in beats:
+        assert not beat.bad
         if beat.end:
-            assert not beat.bad
             got.append(bytes(frame))
             frame.clear()
         else:
             frame.append(beat.data)
+    return got, count[0]
+
+
+@pytest.mark.parametrize("idle, backpressure", [(0.0, 0.0), (0.3, 0.5)])
+def test_decoder_round_trip(idle, backpressure):
+    rng = random.Random(1)
+    frames = _frames(rng)
+    # Empty frames (a flush) between frames give nothing.
+    link = b"\x00".join(cobs.encode(frame) for frame in frames) + b"\x00\x00"
+    got, cycles = _decode(link, frames, rng, idle=idle, backpressure=backpressure,
+                          cycles=10 * len(link))
     assert got == frames
     if idle == 0 and backpressure == 0:
         # One byte per cycle, plus the pipeline's fill.
-        assert cycles[0] <= len(link) + 2
+        assert cycles <= len(link) + 2
 
 
 def test_decoder_flags_truncated_frame():
@@ -97,25 +111,30 @@ def test_decoder_flags_truncated_frame():
     assert summary == [0x11, 0x22, ("end", 1), 0x33, 0x00, ("end", 0)]
 
 
-@pytest.mark.parametrize("idle, backpressure", [(0.0, 0.0), (0.3, 0.5)])
-def test_encoder_matches_cobs_package(idle, backpressure):
-    rng = random.Random(2)
+@pytest.mark.parametrize("seed, idle, backpressure", [
+    (2, 0.0, 0.0), (2, 0.3, 0.5), (3, 0.0, 0.8), (4, 0.8, 0.0), (5, 0.5, 0.5),
+])
+def test_encoder_matches_cobs_package(seed, idle, backpressure):
+    """The encoder's output is what the ``cobs`` package encodes, and the decoder takes it back
+    to the frames, with either end of each stalling at random."""
+    rng = random.Random(seed)
     frames = _frames(rng)
     expected = b"".join(cobs.encode(frame) + b"\x00" for frame in frames)
     dut = CobsEncoder()
     got = []
 
     async def source(ctx):
-        beats = [{"data": byte, "last": int(i == len(frame) - 1)}
-                 for frame in frames for i, byte in enumerate(frame)]
-        await stream_send(ctx, dut.i_stream, beats, rng=rng, idle=idle)
+        await stream_send(ctx, dut.i_stream, _frame_beats(frames), rng=rng, idle=idle)
 
     async def sink(ctx):
         await stream_recv(ctx, dut.o_stream, got, rng=rng, backpressure=backpressure,
-                          until=lambda out: len(out) == len(expected), cycles=20 * len(expected))
+                          until=lambda out: len(out) == len(expected), cycles=40 * len(expected))
 
     _simulate(dut, source, sink)
     assert bytes(got) == expected
+    decoded, _ = _decode(expected, frames, rng, idle=idle, backpressure=backpressure,
+                         cycles=40 * len(expected))
+    assert decoded == frames
 
 
 @pytest.mark.parametrize("frames", [
@@ -132,9 +151,7 @@ def test_encoder_output_has_no_gap(frames):
     got, valid_cycles = [], []
 
     async def source(ctx):
-        beats = [{"data": byte, "last": int(i == len(frame) - 1)}
-                 for frame in frames for i, byte in enumerate(frame)]
-        await stream_send(ctx, dut.i_stream, beats)
+        await stream_send(ctx, dut.i_stream, _frame_beats(frames))
 
     async def sink(ctx):
         ctx.set(dut.o_stream.ready, 1)
@@ -150,50 +167,3 @@ def test_encoder_output_has_no_gap(frames):
     _simulate(dut, source, sink)
     assert bytes(got) == expected
     assert valid_cycles[-1] - valid_cycles[0] == len(expected) - 1
-
-
-@pytest.mark.parametrize("seed, idle, backpressure", [(3, 0.0, 0.8), (4, 0.8, 0.0), (5, 0.5, 0.5)])
-def test_encoder_decoder_under_random_stalls(seed, idle, backpressure):
-    """The encoder's output, as the ``cobs`` package encodes, through the decoder back to the
-    frames, with either end of each stalling at random."""
-    rng = random.Random(seed)
-    frames = _frames(rng)
-    expected = b"".join(cobs.encode(frame) + b"\x00" for frame in frames)
-    enc, dec = CobsEncoder(), CobsDecoder()
-    encoded, decoded = [], []
-
-    async def source(ctx):
-        beats = [{"data": byte, "last": int(i == len(frame) - 1)}
-                 for frame in frames for i, byte in enumerate(frame)]
-        await stream_send(ctx, enc.i_stream, beats, rng=rng, idle=idle)
-
-    async def sink(ctx):
-        await stream_recv(ctx, enc.o_stream, encoded, rng=rng, backpressure=backpressure,
-                          until=lambda out: len(out) == len(expected), cycles=40 * len(expected))
-
-    _simulate(enc, source, sink)
-    assert bytes(encoded) == expected
-
-    async def dec_source(ctx):
-        await stream_send(ctx, dec.i_stream, expected, rng=rng, idle=idle)
-
-    async def dec_sink(ctx):
-        ends = [0]
-
-        def done(out):
-            ends[0] += out[-1].end
-            return ends[0] == len(frames)
-        await stream_recv(ctx, dec.o_stream, decoded, rng=rng, backpressure=backpressure,
-                          until=done, cycles=40 * len(expected))
-
-    _simulate(dec, dec_source, dec_sink)
-    got, frame = [], bytearray()
-    for beat in decoded:
-        if beat.end:
-            assert not beat.bad
-            got.append(bytes(frame))
-            frame.clear()
-        else:
-            assert not beat.bad
-            frame.append(beat.data)
-    assert got == frames
