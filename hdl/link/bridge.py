@@ -22,8 +22,8 @@ execute
     into the sender's own registers and the meta memory (one copy), and changes the expected
     sequence number only then, so the sender reads it live.
 send
-    builds each response frame (header, payload from a replay slot, the manifest ROM, the
-    counters or a register, CRC-32C) one byte per cycle (or per ``8 // crc_bits`` cycles) and
+    builds each response frame (header, payload from a replay slot, the manifest (kept in the
+    meta memory's spare entries), the counters or a register, CRC-32C) one byte per cycle (or per ``8 // crc_bits`` cycles) and
     COBS-encodes it. The counters
     live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which counts
     each event in the cycle it happens: each is read from it, as it is when the read is taken,
@@ -541,8 +541,16 @@ class LinkBridge(wiring.Component):
             "kernel": 8, "status": _STATUS_BITS, "length": range(resp_max + 1),
             "more": 1,  # FLAG_MORE in the response
         })
+        # Past them, from manifest_base, the memory holds the MANIFEST response's payload (the
+        # expected number's 4 bytes, left 0, then the manifest), 2 bytes an entry in its low
+        # bits: a ROM in the block RAMs the meta takes anyway, not one of its own.
+        manifest_base = self.window + 1
+        rom = bytes(_SEQ_BYTES) + self.manifest + b"\x00"
+        rom_words = [data.Const(meta_layout, int.from_bytes(rom[i:i + 2], "little"))
+                     for i in range(0, len(rom) - 1, 2)] if self.manifest else []
         m.submodules.replay_meta = replay_meta = Memory(
-            shape=meta_layout, depth=self.window + 1, init=[], attrs=NO_RW_CHECK)
+            shape=meta_layout, depth=manifest_base + len(rom_words),
+            init=[data.Const(meta_layout, 0)] * manifest_base + rom_words, attrs=NO_RW_CHECK)
         meta_wr = replay_meta.write_port()
         meta_rd = read_port(m, replay_meta, "meta_rd")
 
@@ -1072,13 +1080,6 @@ class LinkBridge(wiring.Component):
 
         # ---- Send -------------------------------------------------------------------------
 
-        if self.manifest:
-            # The manifest at the offset it has in the payload, after the expected number, so
-            # that the ROM is addressed by the payload's byte count.
-            m.submodules.manifest_rom = manifest_rom = Memory(
-                shape=8, depth=_SEQ_BYTES + len(self.manifest),
-                init=bytes(_SEQ_BYTES) + self.manifest)
-            rom_rd = manifest_rom.read_port()
         if self.framing == "cobs":
             m.submodules.encoder = encoder = CobsEncoder()
             wiring.connect(m, encoder.o_stream, wiring.flipped(self.o_bytes))
@@ -1113,12 +1114,17 @@ class LinkBridge(wiring.Component):
 
         in_payload = Signal()
         pay_next = Mux(in_payload, Mux(go, cnt + 1, cnt), 0)
+        # The meta memory's read port reads the response's meta (at b_slot) until its header
+        # has gone, then, for a MANIFEST response, the payload's word at pay_next (a byte
+        # of it, rom_odd, a cycle later); b_length is then the manifest's, a constant.
+        rom_src = b_src == _Source.MANIFEST
+        rom_read = Signal()
+        rom_odd = Signal()
+        m.d.sync += rom_odd.eq(pay_next[0])
         m.d.comb += [
-            meta_rd.addr.eq(b_slot),
+            meta_rd.addr.eq(Mux(rom_read, manifest_base + pay_next[1:], b_slot)),
             slot_rd.addr.eq(Cat(pay_next[:slot_bits], b_slot[:win_bits])),
         ]
-        if self.manifest:
-            m.d.comb += rom_rd.addr.eq(pay_next)
 
         # Counters: before the first byte of each word, the word is read from the bank (or, for
         # open_message, taken live); the send waits for it. The bank's rd_data holds the word
@@ -1162,7 +1168,9 @@ class LinkBridge(wiring.Component):
             m.d.sync += [s_valid.eq(1), s_data.eq(tx_byte), s_last.eq(last)]
 
         meta = meta_rd.data  # read at b_slot since the cycle before HEADER
-        b_length = meta.length
+        b_length = meta.length  # in HEADER
+        end_length = Mux(rom_src, _SEQ_BYTES + len(self.manifest), meta.length)  # in PAYLOAD
+        rom_byte = meta.as_value()[:16].word_select(rom_odd, 8)
         with m.FSM(name="send") as send_fsm:
             with m.State("IDLE"):
                 with m.If(p_valid):
@@ -1183,6 +1191,8 @@ class LinkBridge(wiring.Component):
                     emit()
                     m.d.sync += [b_crc.eq(tx_crc_next), s_part.eq(0), cnt.eq(cnt + 1)]
                     with m.If(cnt == HEADER_SIZE - 1):
+                        # The meta has been read (its data holds until the next cycle).
+                        m.d.comb += rom_read.eq(rom_src)
                         m.d.sync += [
                             cnt.eq(0),
                             c_go.eq(b_src == _Source.COUNTERS), c_addr.eq(bank_index(0)),
@@ -1192,13 +1202,13 @@ class LinkBridge(wiring.Component):
                         with m.Else():
                             m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
-                m.d.comb += in_payload.eq(1)
+                m.d.comb += [in_payload.eq(1), rom_read.eq(rom_src)]
                 with m.Switch(b_src):
                     with m.Case(_Source.SLOT):
                         m.d.comb += tx_byte.eq(slot_rd.data)
                     with m.Case(_Source.MANIFEST):
                         if self.manifest:
-                            m.d.comb += tx_byte.eq(Mux(_below_seq(cnt), value_byte, rom_rd.data))
+                            m.d.comb += tx_byte.eq(Mux(_below_seq(cnt), value_byte, rom_byte))
                         else:
                             m.d.comb += tx_byte.eq(value_byte)
                     with m.Case(_Source.COUNTERS):
@@ -1215,7 +1225,7 @@ class LinkBridge(wiring.Component):
                     m.d.sync += [b_crc.eq(tx_crc_next), s_part.eq(0), cnt.eq(cnt + 1)]
                     with m.If(cnt[:2] == 3):
                         m.d.sync += [c_have.eq(0), c_go.eq(counting), c_addr.eq(c_next)]
-                    with m.If(cnt == b_length - 1):
+                    with m.If(cnt == end_length - 1):
                         m.d.sync += [cnt.eq(0), c_go.eq(0)]
                         m.next = "CRC"
             with m.State("CRC"):
