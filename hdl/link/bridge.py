@@ -23,9 +23,9 @@ execute
     sequence number only then, so the sender reads it live.
 send
     builds each response frame (header, payload from a replay slot, the manifest (kept in the
-    meta memory's spare entries), the counters or a register, CRC-32C) one byte per cycle (or per ``8 // crc_bits`` cycles) and
-    COBS-encodes it. The counters
-    live in a :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which counts
+    meta memory's spare entries), the counters or a register, CRC-32C) one byte per cycle (or
+    per ``8 // crc_bits`` cycles) and COBS-encodes it. The counters live in a
+    :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which counts
     each event in the cycle it happens: each is read from it, as it is when the read is taken,
     just before its first byte goes, and the send waits for it (the bank's sweeper reaches the
     counter within a cycle a counter, and the result comes a cycle later).
