@@ -28,7 +28,7 @@ send
     :class:`~hdl.link.counters.CounterBank` (their totals in block RAM), which counts
     each event in the cycle it happens: each is read from it, as it is when the read is taken,
     just before its first byte goes, and the send waits for it (the bank's sweeper reaches the
-    counter within a cycle a counter, and the result comes a cycle later).
+    counter within two cycles a counter, and the result comes two cycles later).
 
 Kernel traffic is a byte per cycle, packed into and unpacked from each kernel's beats of
 ``width`` bytes. Everything the bridge drives into a kernel comes from its own flip-flops

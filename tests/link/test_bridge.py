@@ -681,7 +681,7 @@ def test_open_message_counter():
         ref_request(CRC1, 0, b"part", flags=FLAG_MORE),
         200,  # system frames are answered at once: let the call run first
         counters_request(),
-        400,  # and counters are read as they are sent: let them go before the next call
+        800,  # and counters are read as they are sent: let them go before the next call
         ref_request(CRC1, 1, b"rest"),
         200,
         counters_request(),
